@@ -1,0 +1,36 @@
+"""BigMed FHIR: a FHIR R4 server for precision medicine.
+
+:func:`create_app` is the one place the application is assembled: configuration, store,
+search registry, blueprints and the error handler. Nothing reads configuration at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from server import errors
+from server.api import fhir as fhir_api
+from server.api import health as health_api
+from server.config import Config
+from server.fhir.context import FhirContext
+from server.search.registry import default_registry
+from server.store import open_store
+
+__all__ = ["create_app"]
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the WSGI app for ``config`` (default: from the environment)."""
+    cfg = config or Config.from_env()
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # flask's default provider has it
+    store = open_store(cfg.database_url, pool_size=cfg.pg_pool_size)
+    app.extensions["bigmed"] = FhirContext(config=cfg, store=store, registry=default_registry())
+    errors.init_app(app)
+    app.register_blueprint(fhir_api.bp)
+    app.register_blueprint(health_api.bp)
+    return app

@@ -1,0 +1,1 @@
+"""HTTP only: Flask blueprints that parse a request, call one domain function and serialise."""

@@ -1,0 +1,205 @@
+"""The FHIR REST API under ``/fhir`` (http://hl7.org/fhir/R4/http.html).
+
+Routes only: each parses the request, calls one interaction in :mod:`server.fhir` and
+serialises the answer with the headers the spec asks for (ETag ``W/"version"``,
+Last-Modified, Location, ``Prefer: return=…``). Errors are raised as typed errors and become
+OperationOutcomes in :mod:`server.errors`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from server import jsonio
+from server.api.http import (
+    ctx,
+    fhir_base,
+    fhir_response,
+    if_match,
+    negotiate,
+    prefer,
+    query_pairs,
+    read_json_body,
+)
+from server.errors import BadRequest, Issue, NotFound, operation_outcome
+from server.fhir import crud
+from server.fhir.bundle import etag, http_date
+from server.fhir.capability import capability_statement
+from server.fhir.history import history
+from server.fhir.search import search
+from server.fhir.subset import subset
+from server.store.base import StoredResource
+
+__all__ = ["bp"]
+
+bp = Blueprint("fhir", __name__, url_prefix="/fhir")
+
+
+def _headers(res: StoredResource, location: bool = False) -> dict[str, str]:
+    headers = {"ETag": etag(res.version), "Last-Modified": http_date(res.ts)}
+    if location:
+        headers["Location"] = f"{fhir_base()}/{res.type}/{res.id}/_history/{res.version}"
+    return headers
+
+
+def _resource_response(res: StoredResource, status: int = 200, location: bool = False) -> Response:
+    media = negotiate()
+    headers = _headers(res, location)
+    summary = request.args.get("_summary")
+    elements = request.args.get("_elements")
+    if summary or elements:
+        assert res.content is not None
+        wanted = [e.split(".")[-1] for e in elements.split(",")] if elements else None
+        return fhir_response(subset(jsonio.loads(res.content), summary, wanted), status, headers, media)
+    return fhir_response(res.content, status, headers, media)
+
+
+def _write_response(result: crud.WriteResult) -> Response:
+    """The answer to create/update/patch, honouring ``Prefer: return``."""
+    res = result.resource
+    status = 201 if result.created else 200
+    headers = _headers(res, location=True)
+    wanted = (prefer("return") or "representation").lower()
+    if wanted == "minimal":
+        return fhir_response(None, status, headers)
+    if wanted == "operationoutcome":
+        verb = "created" if result.created else ("updated" if result.changed else "matched (not changed)")
+        outcome = operation_outcome(
+            [Issue(f"{res.type}/{res.id} {verb}, version {res.version}", "information", "informational")]
+        )
+        return fhir_response(outcome, status, headers, negotiate())
+    return fhir_response(res.content, status, headers, negotiate())
+
+
+# -- system level ------------------------------------------------------------------------
+
+
+@bp.get("/metadata")
+def metadata() -> Response:
+    return fhir_response(capability_statement(ctx(), fhir_base()), media=negotiate())
+
+
+@bp.get("/_history")
+def history_system() -> Response:
+    return fhir_response(history(ctx(), fhir_base(), request.args.to_dict()), media=negotiate())
+
+
+# -- type level --------------------------------------------------------------------------
+
+
+def _strict() -> bool:
+    return (prefer("handling") or "").lower() == "strict"
+
+
+@bp.get("/<type_>")
+def search_type(type_: str) -> Response:
+    media = negotiate()
+    return fhir_response(search(ctx(), fhir_base(), type_, query_pairs(), strict=_strict()), media=media)
+
+
+@bp.post("/<type_>/_search")
+def search_type_post(type_: str) -> Response:
+    media = negotiate()
+    if request.mimetype not in ("application/x-www-form-urlencoded", ""):
+        raise BadRequest("POST _search takes its parameters as application/x-www-form-urlencoded")
+    return fhir_response(search(ctx(), fhir_base(), type_, query_pairs(), strict=_strict()), media=media)
+
+
+@bp.post("/<type_>")
+def create(type_: str) -> Response:
+    negotiate()
+    body = read_json_body()
+    result = crud.create(ctx(), type_, body, request.headers.get("If-None-Exist"))
+    return _write_response(result)
+
+
+def _criteria() -> str:
+    criteria = request.query_string.decode("utf-8", "replace")
+    kept = "&".join(p for p in criteria.split("&") if p and not p.startswith(("_format=", "_pretty=")))
+    if not kept:
+        raise BadRequest("A conditional interaction needs search criteria in the URL")
+    return kept
+
+
+@bp.put("/<type_>")
+def conditional_update(type_: str) -> Response:
+    negotiate()
+    body = read_json_body()
+    return _write_response(crud.conditional_update(ctx(), type_, _criteria(), body, if_match()))
+
+
+@bp.patch("/<type_>")
+def conditional_patch(type_: str) -> Response:
+    negotiate()
+    ops = read_json_body(patch=True)
+    return _write_response(crud.conditional_patch(ctx(), type_, _criteria(), ops, if_match()))
+
+
+@bp.delete("/<type_>")
+def conditional_delete(type_: str) -> Response:
+    results = crud.conditional_delete(ctx(), type_, _criteria())
+    return _delete_response([r.resource for r in results if r.changed], f"{type_}?{_criteria()}")
+
+
+@bp.get("/<type_>/_history")
+def history_type(type_: str) -> Response:
+    return fhir_response(history(ctx(), fhir_base(), request.args.to_dict(), type_), media=negotiate())
+
+
+# -- instance level ----------------------------------------------------------------------
+
+
+@bp.get("/<type_>/<id_>")
+def read(type_: str, id_: str) -> Response:
+    res = crud.read(ctx(), type_, id_)
+    inm = request.headers.get("If-None-Match")
+    if inm and inm.strip() in (etag(res.version), f'"{res.version}"'):
+        return Response(status=304, headers=_headers(res))
+    return _resource_response(res)
+
+
+@bp.get("/<type_>/<id_>/_history/<vid>")
+def vread(type_: str, id_: str, vid: str) -> Response:
+    return _resource_response(crud.vread(ctx(), type_, id_, vid))
+
+
+@bp.get("/<type_>/<id_>/_history")
+def history_instance(type_: str, id_: str) -> Response:
+    return fhir_response(history(ctx(), fhir_base(), request.args.to_dict(), type_, id_), media=negotiate())
+
+
+@bp.put("/<type_>/<id_>")
+def update(type_: str, id_: str) -> Response:
+    negotiate()
+    body = read_json_body()
+    return _write_response(crud.update(ctx(), type_, id_, body, if_match()))
+
+
+@bp.patch("/<type_>/<id_>")
+def patch(type_: str, id_: str) -> Response:
+    negotiate()
+    ops = read_json_body(patch=True)
+    return _write_response(crud.patch(ctx(), type_, id_, ops, if_match()))
+
+
+def _delete_response(deleted: list[StoredResource], what: str) -> Response:
+    headers: dict[str, Any] = {}
+    if len(deleted) == 1:
+        headers["ETag"] = etag(deleted[0].version)
+    if (prefer("return") or "").lower() == "operationoutcome" or not deleted:
+        text = f"Deleted {what}" if deleted else f"Nothing to delete: no current resource matches {what}"
+        return fhir_response(operation_outcome([Issue(text, "information", "informational")]), 200, headers)
+    return Response(status=204, headers=headers)
+
+
+@bp.delete("/<type_>/<id_>")
+def delete(type_: str, id_: str) -> Response:
+    result = crud.delete(ctx(), type_, id_, if_match())
+    return _delete_response([result.resource] if result.changed else [], f"{type_}/{id_}")
+
+
+@bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+def unknown(rest: str) -> Response:
+    raise NotFound(f"No FHIR interaction at /fhir/{rest}")

@@ -1,0 +1,1277 @@
+"""Index values of a resource, extracted with each search parameter's compiled expression.
+
+At write time every applicable parameter's FHIRPath ``expression`` is evaluated on the resource
+and the results become rows of the index table of the parameter ``type``
+(http://hl7.org/fhir/R4/search.html, "Search Parameter Types"). A generic FHIRPath interpreter is
+far too slow for that hot path, so each (resource type, parameter) expression is compiled once
+into Python closures over the JSON dicts. The compiler is typed by the R4 type model of the
+registry: it knows that ``Observation.value`` is a choice element (JSON ``valueQuantity`` …) and
+that ``Patient.telecom`` holds ContactPoints, so each compiled branch yields values of one known
+type and its row builder is chosen at compile time.
+
+Supported FHIRPath (http://hl7.org/fhirpath/N1/): paths, ``|``, ``where()``, ``as``/``as()``/
+``ofType()``/``is``, ``exists()``, ``empty()``, ``not()``, ``first()``, ``[n]``, ``extension(url)``,
+``resolve() is Type`` (the type is read from the reference itself), ``=``/``!=``, ``and``/``or``
+and literals. ``as`` on a collection filters it (the R4 search usage, FHIRPath ``ofType``).
+Anything else falls back to fhirpathpy for that parameter (see :func:`fallback_expressions`).
+
+Row semantics (one builder per parameter type and value type, shared with the fallback path):
+
+* string: lower-cased (``casefold``), accents removed, whitespace collapsed; HumanName and
+  Address give one row per part.
+* token: Coding, CodeableConcept (+ ``text`` as a text-only row), Identifier (+ type text),
+  ContactPoint value, and primitives (booleans as ``true``/``false``).
+* reference: target type and id parsed from relative or absolute references, canonical/uri
+  values and ``urn:`` references as url only, contained (``#``) references skipped; a
+  Reference.identifier also gives a token row for ``:identifier``.
+* date: half-open UTC interval [low, high) in epoch seconds covering the value's precision;
+  open Period ends are ``-1e18``/``1e18``; Timing gives the outer limits of its events/bounds.
+* number / quantity / uri: the value (Decimal kept), Money as ISO 4217 quantity.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+# fhirpathpy is untyped (pyproject's mypy override covers it); used for fallbacks only.
+from fhirpathpy import compile as fp_compile
+from fhirpathpy.engine.nodes import ResourceNode
+from fhirpathpy.models import models as fp_models
+
+from server.search.registry import Registry, SearchParam, TypeModel, default_registry, split_union
+
+__all__ = [
+    "NEG_INF",
+    "POS_INF",
+    "CompileError",
+    "CompiledExpression",
+    "IndexRows",
+    "TypeExtractor",
+    "add_rows",
+    "compile_expression",
+    "date_range",
+    "extract",
+    "extractor_for",
+    "fallback_expressions",
+    "fhirpath_values",
+    "normalize_string",
+    "reference_target",
+]
+
+log = logging.getLogger(__name__)
+
+#: Open ends of date intervals: finite so they fit SQL REAL columns, far beyond any real date.
+NEG_INF = -1e18
+POS_INF = 1e18
+ISO_4217 = "urn:iso:std:iso:4217"
+
+Fn = Callable[[Any], list[Any]]
+Emit = Callable[["IndexRows", str, Any], None]
+
+
+@dataclass(slots=True)
+class IndexRows:
+    """The index rows of one resource, by index table (each row starts with the parameter code)."""
+
+    token: list[tuple[str, str | None, str | None, str | None]] = field(default_factory=list)
+    string: list[tuple[str, str, str]] = field(default_factory=list)
+    reference: list[tuple[str, str | None, str | None, str]] = field(default_factory=list)
+    date: list[tuple[str, float, float]] = field(default_factory=list)
+    number: list[tuple[str, Decimal | float]] = field(default_factory=list)
+    quantity: list[tuple[str, Decimal | float, str | None, str | None, str | None]] = field(
+        default_factory=list,
+    )
+    uri: list[tuple[str, str]] = field(default_factory=list)
+
+    def dedupe(self) -> None:
+        """Drop repeated rows (keeping order), e.g. the same coding reached by two branches."""
+        for name in ("token", "string", "reference", "date", "number", "quantity", "uri"):
+            rows = getattr(self, name)
+            if len(rows) > 1:
+                setattr(self, name, list(dict.fromkeys(rows)))
+
+    def only(self, code: str) -> IndexRows:
+        """The rows of one parameter."""
+        return IndexRows(*([r for r in getattr(self, f.name) if r[0] == code] for f in fields(self)))
+
+
+# --------------------------------------------------------------------------------------------
+# Value -> rows
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def normalize_string(value: str) -> str:
+    """The string-index form: case-folded, accents stripped, whitespace collapsed."""
+    if value.isascii():
+        return " ".join(value.lower().split())
+    decomposed = unicodedata.normalize("NFKD", value.casefold())
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(stripped.split())
+
+
+_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
+
+
+def reference_target(reference: str) -> tuple[str | None, str | None]:
+    """(type, id) of a literal reference, relative or absolute; (None, None) if not parseable."""
+    if reference.startswith(("urn:", "#")):
+        return None, None
+    m = _REFERENCE.search(reference)
+    if m is None:
+        return None, None
+    return m.group(1), m.group(2)
+
+
+def _reference_type(value: Any) -> str | None:
+    """The resource type a Reference points to: from its url, else its ``type`` element."""
+    if not isinstance(value, dict):
+        return None
+    ref = value.get("reference")
+    if isinstance(ref, str) and ref and not ref.startswith("#"):
+        rtype, _ = reference_target(ref)
+        if rtype:
+            return rtype
+    declared = value.get("type")
+    if isinstance(declared, str) and declared:
+        return declared.rsplit("/", 1)[-1]
+    return None
+
+
+def _token_primitive(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, bool):
+        rows.token.append((code, None, "true" if value else "false", None))
+    elif isinstance(value, str):
+        if value:
+            rows.token.append((code, None, value, None))
+    elif isinstance(value, int | Decimal | float):
+        rows.token.append((code, None, str(value), None))
+
+
+def _token_coding(rows: IndexRows, code: str, value: Any) -> None:
+    if value.__class__ is dict:
+        system, c, display = value.get("system"), value.get("code"), value.get("display")
+        if system.__class__ is not str or not system:
+            system = None
+        if c.__class__ is not str or not c:
+            c = None
+        if display.__class__ is not str or not display:
+            display = None
+        if system or c or display:
+            rows.token.append((code, system, c, display))
+
+
+def _token_codeable_concept(rows: IndexRows, code: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        return
+    codings = value.get("coding")
+    if isinstance(codings, list):
+        for coding in codings:
+            _token_coding(rows, code, coding)
+    text = _str(value.get("text"))
+    if text:
+        rows.token.append((code, None, None, text))
+
+
+def _token_identifier(rows: IndexRows, code: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        return
+    system, v = _str(value.get("system")), _str(value.get("value"))
+    if system or v:
+        typ = value.get("type")
+        rows.token.append((code, system, v, _str(typ.get("text")) if isinstance(typ, dict) else None))
+
+
+def _token_contact_point(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, dict):
+        v = _str(value.get("value"))
+        if v:
+            rows.token.append((code, None, v, None))
+
+
+def _string_primitive(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, str) and value:
+        rows.string.append((code, normalize_string(value), value))
+
+
+def _string_parts(keys: Sequence[str]) -> Emit:
+    def emit(rows: IndexRows, code: str, value: Any) -> None:
+        if not isinstance(value, dict):
+            return
+        out = rows.string
+        for key in keys:
+            part = value.get(key)
+            if part is None:
+                continue
+            for p in part if isinstance(part, list) else (part,):
+                if isinstance(p, str) and p:
+                    out.append((code, normalize_string(p), p))
+
+    return emit
+
+
+def _reference_reference(rows: IndexRows, code: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        return
+    ref = value.get("reference")
+    if isinstance(ref, str) and ref and not ref.startswith("#"):
+        rtype, rid = reference_target(ref)
+        rows.reference.append((code, rtype, rid, ref))
+    ident = value.get("identifier")
+    if isinstance(ident, dict):
+        system, v = _str(ident.get("system")), _str(ident.get("value"))
+        if system or v:
+            rows.token.append((code, system, v, None))
+
+
+def _reference_uri(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, str) and value and not value.startswith("#"):
+        rows.reference.append((code, None, None, value))
+
+
+_DATE = re.compile(
+    r"(\d{4})(?:-(\d{2})(?:-(\d{2})"  # year, month, day
+    r"(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?",  # time, fraction, zone
+)
+_DAYS_BEFORE_MONTH = (0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+
+
+def _is_leap(y: int) -> bool:
+    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+
+
+def _days_in_month(y: int, m: int) -> int:
+    if m == 2:
+        return 29 if _is_leap(y) else 28
+    return 30 if m in (4, 6, 9, 11) else 31
+
+
+def _epoch_day(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (any year, no datetime limits)."""
+    y1 = y - 1
+    days = 365 * y1 + y1 // 4 - y1 // 100 + y1 // 400  # days before Jan 1 of year y, from 0001-01-01
+    days += _DAYS_BEFORE_MONTH[m] + (1 if m > 2 and _is_leap(y) else 0) + d - 1
+    return days - 719162  # 719162 = days from 0001-01-01 to 1970-01-01
+
+
+def date_range(value: str) -> tuple[float, float] | None:
+    """[low, high) in UTC epoch seconds of a FHIR date/dateTime/instant, covering its precision.
+
+    No time zone means UTC. None if the string is not a FHIR date.
+    """
+    m = _DATE.fullmatch(value)
+    if m is None:
+        return None
+    year_s, month_s, day_s, hour_s, minute_s, second_s, frac_s, tz = m.groups()
+    y = int(year_s)
+    if month_s is None:
+        return float(_epoch_day(y, 1, 1) * 86400), float(_epoch_day(y + 1, 1, 1) * 86400)
+    mo = int(month_s)
+    if not 1 <= mo <= 12:
+        return None
+    if day_s is None:
+        ny, nm = (y + 1, 1) if mo == 12 else (y, mo + 1)
+        return float(_epoch_day(y, mo, 1) * 86400), float(_epoch_day(ny, nm, 1) * 86400)
+    d = int(day_s)
+    if not 1 <= d <= _days_in_month(y, mo):
+        return None
+    day_start = _epoch_day(y, mo, d) * 86400
+    if hour_s is None:
+        return float(day_start), float(day_start + 86400)
+    hh, mm = int(hour_s), int(minute_s)
+    ss = int(second_s) if second_s is not None else 0
+    if hh > 23 or mm > 59 or ss > 60:
+        return None
+    low: float = day_start + hh * 3600 + mm * 60 + ss
+    if second_s is None:
+        width: float = 60
+    elif frac_s:
+        low += float(frac_s)
+        width = 10.0 ** -(len(frac_s) - 1)
+    else:
+        width = 1
+    if tz and tz != "Z":
+        offset = (int(tz[1:3]) * 60 + int(tz[4:6])) * 60
+        low -= offset if tz[0] == "+" else -offset
+    return low, low + width
+
+
+def _date_primitive(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, str):
+        rng = date_range(value)
+        if rng is not None:
+            rows.date.append((code, rng[0], rng[1]))
+
+
+def _period_range(value: Any) -> tuple[float, float] | None:
+    if not isinstance(value, dict):
+        return None
+    start, end = value.get("start"), value.get("end")
+    if not isinstance(start, str) and not isinstance(end, str):
+        return None
+    low, high = NEG_INF, POS_INF
+    if isinstance(start, str):
+        rng = date_range(start)
+        if rng is None:
+            return None
+        low = rng[0]
+    if isinstance(end, str):
+        rng = date_range(end)
+        if rng is None:
+            return None
+        high = rng[1]
+    return low, high
+
+
+def _date_period(rows: IndexRows, code: str, value: Any) -> None:
+    rng = _period_range(value)
+    if rng is not None:
+        rows.date.append((code, rng[0], rng[1]))
+
+
+def _date_timing(rows: IndexRows, code: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        return
+    ranges: list[tuple[float, float]] = []
+    events = value.get("event")
+    if isinstance(events, list):
+        for event in events:
+            rng = date_range(event) if isinstance(event, str) else None
+            if rng is not None:
+                ranges.append(rng)
+    repeat = value.get("repeat")
+    if isinstance(repeat, dict):
+        bounds = _period_range(repeat.get("boundsPeriod"))
+        if bounds is not None:
+            ranges.append(bounds)
+    if ranges:
+        rows.date.append((code, min(r[0] for r in ranges), max(r[1] for r in ranges)))
+
+
+def _number(value: Any) -> Decimal | float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, Decimal | float):
+        return value
+    return None
+
+
+def _number_primitive(rows: IndexRows, code: str, value: Any) -> None:
+    n = _number(value)
+    if n is not None:
+        rows.number.append((code, n))
+
+
+def _quantity(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, dict):
+        n = _number(value.get("value"))
+        if n is not None:
+            system, unit = _str(value.get("system")), _str(value.get("unit"))
+            rows.quantity.append((code, n, system, _str(value.get("code")), unit))
+
+
+def _money(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, dict):
+        n = _number(value.get("value"))
+        if n is not None:
+            currency = _str(value.get("currency"))
+            rows.quantity.append((code, n, ISO_4217 if currency else None, currency, None))
+
+
+def _uri_primitive(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, str) and value:
+        rows.uri.append((code, value))
+
+
+#: (parameter type, value type) -> row builder. Subtypes use their base's builder (code -> string,
+#: canonical -> uri, Age -> Quantity …); value types without an entry give no rows (e.g. Range
+#: for a quantity parameter, which has no single value).
+_EMITTERS: Mapping[str, Mapping[str, Emit]] = {
+    "token": {
+        "Coding": _token_coding,
+        "CodeableConcept": _token_codeable_concept,
+        "Identifier": _token_identifier,
+        "ContactPoint": _token_contact_point,
+        "string": _token_primitive,
+        "uri": _token_primitive,
+        "boolean": _token_primitive,
+        "integer": _token_primitive,
+        "decimal": _token_primitive,
+    },
+    "string": {
+        "string": _string_primitive,
+        "uri": _string_primitive,
+        "HumanName": _string_parts(("family", "given", "prefix", "suffix", "text")),
+        "Address": _string_parts(("line", "city", "district", "state", "postalCode", "country", "text")),
+    },
+    "reference": {
+        "Reference": _reference_reference,
+        "uri": _reference_uri,
+    },
+    "date": {
+        "date": _date_primitive,
+        "dateTime": _date_primitive,
+        "instant": _date_primitive,
+        "Period": _date_period,
+        "Timing": _date_timing,
+    },
+    "number": {"integer": _number_primitive, "decimal": _number_primitive},
+    "quantity": {"Quantity": _quantity, "Money": _money},
+    "uri": {"uri": _uri_primitive, "string": _uri_primitive},
+}
+
+
+def _emitter(types: TypeModel, param_type: str, value_type: str) -> Emit | None:
+    table = _EMITTERS.get(param_type)
+    if not table:
+        return None
+    for t in types.ancestors(types.canonical_name(value_type)):
+        if t in table:
+            return table[t]
+    return None
+
+
+def add_rows(
+    rows: IndexRows, types: TypeModel, param_type: str, code: str, typed_values: Iterable[tuple[str, Any]]
+) -> None:
+    """Append the rows of ``(value type, value)`` pairs for a parameter of ``param_type``."""
+    for value_type, value in typed_values:
+        emit = _emitter(types, param_type, value_type)
+        if emit is not None and value is not None:
+            emit(rows, code, value)
+
+
+# --------------------------------------------------------------------------------------------
+# FHIRPath subset: tokens -> AST
+
+
+class CompileError(Exception):
+    """The expression uses FHIRPath this compiler does not handle (the caller falls back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Lit:
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _This:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    target: _Node | None
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    target: _Node | None
+    name: str
+    args: tuple[_Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    target: _Node
+    index: _Node
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    op: str
+    left: _Node
+    right: _Node
+
+
+@dataclass(frozen=True, slots=True)
+class _TypeOp:
+    op: str  # "is" | "as"
+    operand: _Node
+    type_name: str
+
+
+_Node = _Lit | _This | _Member | _Call | _Index | _Op | _TypeOp
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<str>'(?:[^'\\]|\\.)*')|(?P<ident>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<quoted>`[^`]*`)|(?P<special>[$%@][A-Za-z0-9_]*)|(?P<op>!=|!~|<=|>=|[.()\[\],|=~<>+\-*/&{}]))"
+)
+_ESCAPES = {"'": "'", '"': '"', "`": "`", "\\": "\\", "/": "/", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise CompileError(f"cannot read {text[pos:]!r}")
+        kind = m.lastgroup or ""
+        tokens.append((kind, m.group(kind)))
+        pos = m.end()
+    return tokens
+
+
+def _unquote(literal: str) -> str:
+    body = literal[1:-1]
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), body)
+
+
+class _Parser:
+    """Recursive descent over the FHIRPath grammar's precedence levels (subset)."""
+
+    def __init__(self, text: str):
+        self.tokens = _tokenize(text)
+        self.pos = 0
+
+    def peek(self, offset: int = 0) -> tuple[str, str] | None:
+        i = self.pos + offset
+        return self.tokens[i] if i < len(self.tokens) else None
+
+    def accept(self, *values: str) -> str | None:
+        tok = self.peek()
+        if tok is not None and tok[0] in ("op", "ident") and tok[1] in values:
+            self.pos += 1
+            return tok[1]
+        return None
+
+    def expect(self, value: str) -> None:
+        if self.accept(value) is None:
+            raise CompileError(f"expected {value!r} at token {self.pos}")
+
+    def parse(self) -> _Node:
+        node = self.expression()
+        if self.peek() is not None:
+            raise CompileError(f"unexpected {self.peek()!r}")
+        return node
+
+    def expression(self) -> _Node:
+        return self.binary(0)
+
+    # lowest to highest precedence; each level is left-associative
+    _LEVELS: tuple[tuple[str, ...], ...] = (
+        ("implies",),
+        ("or", "xor"),
+        ("and",),
+        ("in", "contains"),
+        ("=", "~", "!=", "!~"),
+        ("<", ">", "<=", ">="),
+        ("|",),
+    )
+
+    def binary(self, level: int) -> _Node:
+        if level == len(self._LEVELS):
+            return self.type_expression()
+        node = self.binary(level + 1)
+        while True:
+            op = self.accept(*self._LEVELS[level])
+            if op is None:
+                return node
+            node = _Op(op, node, self.binary(level + 1))
+
+    def type_expression(self) -> _Node:
+        node = self.additive()
+        while True:
+            op = self.accept("is", "as")
+            if op is None:
+                return node
+            node = _TypeOp(op, node, self.type_specifier())
+
+    def type_specifier(self) -> str:
+        tok = self.peek()
+        if tok is None or tok[0] not in ("ident", "quoted"):
+            raise CompileError("expected a type name")
+        self.pos += 1
+        name = tok[1].strip("`")
+        while self.accept("."):
+            nxt = self.peek()
+            if nxt is None or nxt[0] != "ident":
+                raise CompileError("expected a type name")
+            self.pos += 1
+            name += "." + nxt[1]
+        return name
+
+    def additive(self) -> _Node:
+        node = self.unary()
+        if self.accept("+", "-", "&", "*", "/", "div", "mod"):
+            raise CompileError("arithmetic is not supported")
+        return node
+
+    def unary(self) -> _Node:
+        if self.accept("+", "-"):
+            raise CompileError("unary operators are not supported")
+        return self.postfix(self.term())
+
+    def postfix(self, node: _Node) -> _Node:
+        while True:
+            if self.accept("."):
+                node = self.invocation(node)
+            elif self.accept("["):
+                index = self.expression()
+                self.expect("]")
+                node = _Index(node, index)
+            else:
+                return node
+
+    def term(self) -> _Node:
+        tok = self.peek()
+        if tok is None:
+            raise CompileError("unexpected end of expression")
+        kind, text = tok
+        if kind == "num":
+            self.pos += 1
+            return _Lit(Decimal(text) if "." in text else int(text))
+        if kind == "str":
+            self.pos += 1
+            return _Lit(_unquote(text))
+        if kind == "ident" and text in ("true", "false"):
+            self.pos += 1
+            return _Lit(text == "true")
+        if kind == "special":
+            if text == "$this":
+                self.pos += 1
+                return _This()
+            raise CompileError(f"{text} is not supported")
+        if self.accept("("):
+            node = self.expression()
+            self.expect(")")
+            return node
+        if kind in ("ident", "quoted"):
+            return self.invocation(None)
+        raise CompileError(f"unexpected {text!r}")
+
+    def invocation(self, target: _Node | None) -> _Node:
+        tok = self.peek()
+        if tok is None or tok[0] not in ("ident", "quoted"):
+            raise CompileError("expected a name")
+        self.pos += 1
+        name = tok[1].strip("`")
+        if tok[0] == "ident" and self.accept("("):
+            args: list[_Node] = []
+            if not self.accept(")"):
+                args.append(self.expression())
+                while self.accept(","):
+                    args.append(self.expression())
+                self.expect(")")
+            return _Call(target, name, tuple(args))
+        return _Member(target, name)
+
+
+# --------------------------------------------------------------------------------------------
+# AST -> closures
+
+
+class _Branch(NamedTuple):
+    """Values of one static type: ``fn(context) -> list``.
+
+    ``root``: fn is the identity; ``key``: the context's JSON property every value comes from
+    (None when not known), so extraction can skip branches whose property is absent.
+    """
+
+    type: str
+    fn: Fn
+    root: bool = False
+    key: str | None = None
+
+
+_RESOLVED = "@resolved"  # pseudo-type: resource type names produced by resolve()
+
+
+def _identity(x: Any) -> list[Any]:
+    return [x]
+
+
+def _child_step(parent: _Branch, key: str, type_name: str) -> _Branch:
+    if parent.root:
+
+        def at_root(x: Any) -> list[Any]:
+            v = x.get(key) if isinstance(x, dict) else None
+            if v is None:
+                return []
+            return v if isinstance(v, list) else [v]
+
+        return _Branch(type_name, at_root, False, key)
+    f = parent.fn
+
+    def step(x: Any) -> list[Any]:
+        out: list[Any] = []
+        for item in f(x):
+            if isinstance(item, dict):
+                v = item.get(key)
+                if v is not None:
+                    if isinstance(v, list):
+                        out.extend(v)
+                    else:
+                        out.append(v)
+        return out
+
+    return _Branch(type_name, step, False, parent.key)
+
+
+def _constant(value: Any) -> Fn:
+    def constant(x: Any) -> list[Any]:
+        return [value]
+
+    return constant
+
+
+def _slice(f: Fn, i: int) -> Fn:
+    def item(x: Any) -> list[Any]:
+        return f(x)[i : i + 1]
+
+    return item
+
+
+def _filter(f: Fn, pred: Callable[[Any], bool]) -> Fn:
+    def where(x: Any) -> list[Any]:
+        return [v for v in f(x) if pred(v)]
+
+    return where
+
+
+def _resolved_types(f: Fn) -> Fn:
+    def resolve(x: Any) -> list[Any]:
+        return [t for t in map(_reference_type, f(x)) if t is not None]
+
+    return resolve
+
+
+def _concat(branches: Sequence[_Branch]) -> Fn:
+    if len(branches) == 1:
+        return branches[0].fn
+    fns = [b.fn for b in branches]
+
+    def union(x: Any) -> list[Any]:
+        out: list[Any] = []
+        for f in fns:
+            out.extend(f(x))
+        return out
+
+    return union
+
+
+def _singleton_bool(values: list[Any]) -> bool | None:
+    """FHIRPath singleton evaluation of collections as a boolean (None: empty/undefined)."""
+    if len(values) != 1:
+        return None
+    v = values[0]
+    return v if isinstance(v, bool) else True
+
+
+def _fp_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    return bool(a == b)
+
+
+class _Compiler:
+    def __init__(self, types: TypeModel):
+        self.types = types
+
+    def compile(self, node: _Node, focus: list[_Branch], context_type: str) -> list[_Branch]:
+        if isinstance(node, _Lit):
+            value = node.value
+            vtype = (
+                "boolean"
+                if isinstance(value, bool)
+                else "string"
+                if isinstance(value, str)
+                else "integer"
+                if isinstance(value, int)
+                else "decimal"
+            )
+            return [_Branch(vtype, _constant(value))]
+        if isinstance(node, _This):
+            return focus
+        if isinstance(node, _Member):
+            return self.member(node, focus, context_type)
+        if isinstance(node, _Call):
+            return self.call(node, focus, context_type)
+        if isinstance(node, _Index):
+            return self.index(self.compile(node.target, focus, context_type), node.index)
+        if isinstance(node, _TypeOp):
+            operand = self.compile(node.operand, focus, context_type)
+            if node.op == "as":
+                return self.of_type(operand, node.type_name)
+            return [self.is_type(operand, node.type_name)]
+        if isinstance(node, _Op):
+            return self.operator(node, focus, context_type)
+        raise CompileError(f"unsupported node {node!r}")
+
+    def member(self, node: _Member, focus: list[_Branch], context_type: str) -> list[_Branch]:
+        if node.target is None and node.name[:1].isupper():
+            # A type name at the start of a path filters the context by type (Observation.code).
+            if len(focus) == 1 and focus[0].root and self.types.is_a(context_type, node.name):
+                return focus
+            if self.types.known(node.name):
+                return []  # another type's branch: no values here
+            raise CompileError(f"unknown type {node.name}")
+        parents = focus if node.target is None else self.compile(node.target, focus, context_type)
+        out: list[_Branch] = []
+        for parent in parents:
+            if parent.type == _RESOLVED:
+                raise CompileError("navigation into resolve() results is not supported")
+            if self.types.is_primitive(parent.type):
+                # a primitive's id/extension live in the JSON "_name" sibling: leave to fhirpathpy
+                raise CompileError(f"element {node.name} of primitive {parent.type} is not supported")
+            info = self.types.element(parent.type, node.name)
+            if info is None:
+                raise CompileError(f"{parent.type} has no element {node.name}")
+            for t in info.types:
+                out.append(_child_step(parent, info.json_key(t), t))
+        return out
+
+    def of_type(self, branches: list[_Branch], type_name: str) -> list[_Branch]:
+        out: list[_Branch] = []
+        wanted = self.types.canonical_name(type_name)
+        for b in branches:
+            if b.type == _RESOLVED:
+                raise CompileError("as/ofType on resolve() results is not supported")
+            if self.types.is_a(b.type, wanted):
+                out.append(b)
+            elif self.types.is_a(wanted, b.type) and self.types.is_a(wanted, "Resource"):
+                # an abstract Resource-typed element (e.g. Bundle.entry.resource): check each value
+                f = b.fn
+
+                def narrowed(x: Any, f: Fn = f, wanted: str = wanted) -> list[Any]:
+                    return [
+                        r
+                        for r in f(x)
+                        if isinstance(r, dict)
+                        and isinstance(r.get("resourceType"), str)
+                        and self.types.is_a(r["resourceType"], wanted)
+                    ]
+
+                out.append(_Branch(wanted, narrowed, False, b.key))
+        return out
+
+    def is_type(self, branches: list[_Branch], type_name: str) -> _Branch:
+        wanted = self.types.canonical_name(type_name)
+        parts: list[tuple[Fn, bool | None]] = []
+        for b in branches:
+            if b.type == _RESOLVED:
+                parts.append((b.fn, None))  # runtime: the values are type names
+            elif self.types.is_a(b.type, "Resource") and b.type not in self.types.resource_types():
+                raise CompileError("is on abstract resource values is not supported")
+            else:
+                parts.append((b.fn, self.types.is_a(b.type, wanted)))
+        types = self.types
+
+        def is_fn(x: Any) -> list[Any]:
+            found: list[bool] = []
+            for f, static in parts:
+                for v in f(x):
+                    found.append(types.is_a(v, wanted) if static is None else static)
+            return [found[0]] if len(found) == 1 else []
+
+        return _Branch("boolean", is_fn)
+
+    def index(self, branches: list[_Branch], index_node: _Node) -> list[_Branch]:
+        if (
+            not isinstance(index_node, _Lit)
+            or isinstance(index_node.value, bool)
+            or not isinstance(index_node.value, int)
+        ):
+            raise CompileError("only literal integer indexes are supported")
+        if len(branches) > 1:
+            raise CompileError("indexing a mixed-type collection is not supported")
+        if not branches:
+            return []
+        i, b = index_node.value, branches[0]
+        return [_Branch(b.type, _slice(b.fn, i), False, b.key)]
+
+    def operator(self, node: _Op, focus: list[_Branch], context_type: str) -> list[_Branch]:
+        left = self.compile(node.left, focus, context_type)
+        right = self.compile(node.right, focus, context_type)
+        if node.op == "|":
+            return left + right
+        lf, rf = _concat(left), _concat(right)
+        if node.op in ("=", "!="):
+            negate = node.op == "!="
+
+            def equality(x: Any) -> list[Any]:
+                a, b = lf(x), rf(x)
+                if not a or not b:
+                    return []
+                same = len(a) == len(b) and all(_fp_equal(p, q) for p, q in zip(a, b, strict=True))
+                return [same != negate]
+
+            return [_Branch("boolean", equality)]
+        if node.op == "and":
+
+            def and_fn(x: Any) -> list[Any]:
+                a = _singleton_bool(lf(x))
+                if a is False:
+                    return [False]
+                b = _singleton_bool(rf(x))
+                if b is False:
+                    return [False]
+                return [True] if a and b else []
+
+            return [_Branch("boolean", and_fn)]
+        if node.op == "or":
+
+            def or_fn(x: Any) -> list[Any]:
+                a = _singleton_bool(lf(x))
+                if a is True:
+                    return [True]
+                b = _singleton_bool(rf(x))
+                if b is True:
+                    return [True]
+                return [False] if a is False and b is False else []
+
+            return [_Branch("boolean", or_fn)]
+        raise CompileError(f"operator {node.op} is not supported")
+
+    def predicate(self, node: _Node, item_type: str) -> Callable[[Any], bool]:
+        fast = self.field_equals(node, item_type)
+        if fast is not None:
+            return fast
+        branches = self.compile(node, [_Branch(item_type, _identity, True)], item_type)
+        f = _concat(branches) if branches else (lambda x: [])
+        return lambda item: _singleton_bool(f(item)) is True
+
+    def field_equals(self, node: _Node, item_type: str) -> Callable[[Any], bool] | None:
+        """``where(system = 'phone')`` on a plain element: one dict lookup instead of the general path."""
+        if not (
+            isinstance(node, _Op)
+            and node.op == "="
+            and isinstance(node.left, _Member)
+            and node.left.target is None
+            and isinstance(node.right, _Lit)
+            and isinstance(node.right.value, str)
+        ):
+            return None
+        info = self.types.element(item_type, node.left.name)
+        if info is None or info.choice or not self.types.is_primitive(info.types[0]):
+            return None
+        key, literal = info.json_key(info.types[0]), node.right.value
+
+        def equals(item: Any) -> bool:
+            v = item.get(key) if isinstance(item, dict) else None
+            if isinstance(v, list):  # a repeating element: only a single value can equal a literal
+                v = v[0] if len(v) == 1 else None
+            return isinstance(v, str) and v == literal
+
+        return equals
+
+    def call(self, node: _Call, focus: list[_Branch], context_type: str) -> list[_Branch]:
+        target = focus if node.target is None else self.compile(node.target, focus, context_type)
+        name, args = node.name, node.args
+        if name == "where" and len(args) == 1:
+            out = []
+            for b in target:
+                if b.type == _RESOLVED:
+                    raise CompileError("where() on resolve() results is not supported")
+                pred, f = self.predicate(args[0], b.type), b.fn
+                out.append(_Branch(b.type, _filter(f, pred), False, b.key))
+            return out
+        if name in ("as", "ofType") and len(args) == 1:
+            return self.of_type(target, self._type_arg(args[0]))
+        if name == "is" and len(args) == 1:
+            return [self.is_type(target, self._type_arg(args[0]))]
+        if name in ("exists", "empty") and len(args) <= 1:
+            if args:
+                target = self.call(_Call(None, "where", args), target, context_type)
+            f = _concat(target) if target else (lambda x: [])
+            want = name == "exists"
+            return [_Branch("boolean", lambda x: [bool(f(x)) == want])]
+        if name == "not" and not args:
+            f = _concat(target) if target else (lambda x: [])
+
+            def not_fn(x: Any) -> list[Any]:
+                v = _singleton_bool(f(x))
+                return [] if v is None else [not v]
+
+            return [_Branch("boolean", not_fn)]
+        if name == "first" and not args:
+            return self.index(target, _Lit(0))
+        if name == "resolve" and not args:
+            out = []
+            for b in target:
+                if not self.types.is_a(b.type, "Reference"):
+                    raise CompileError(f"resolve() on {b.type} is not supported")
+                f = b.fn
+                out.append(
+                    _Branch(
+                        _RESOLVED,
+                        _resolved_types(f),
+                        False,
+                        b.key,
+                    )
+                )
+            return out
+        literal = args[0].value if len(args) == 1 and isinstance(args[0], _Lit) else None
+        if name == "extension" and isinstance(literal, str):
+            url = literal
+            exts = self.member(_Member(None, "extension"), target, context_type)
+            return [
+                _Branch(
+                    e.type,
+                    _filter(e.fn, lambda v: isinstance(v, dict) and v.get("url") == url),
+                    False,
+                    e.key,
+                )
+                for e in exts
+            ]
+        raise CompileError(f"function {name}() is not supported")
+
+    @staticmethod
+    def _type_arg(node: _Node) -> str:
+        if isinstance(node, _Member) and node.target is None:
+            return node.name
+        if isinstance(node, _Member) and isinstance(node.target, _Member) and node.target.target is None:
+            return f"{node.target.name}.{node.name}"  # FHIR.Patient, System.String
+        raise CompileError("expected a type name argument")
+
+
+class CompiledExpression:
+    """An expression compiled for one context type: ``__call__`` gives ``(type, value)`` pairs."""
+
+    __slots__ = ("branches", "context_type", "expression")
+
+    def __init__(self, expression: str, context_type: str, branches: Sequence[_Branch]):
+        self.expression = expression
+        self.context_type = context_type
+        self.branches = tuple(branches)
+
+    @property
+    def result_types(self) -> tuple[str, ...]:
+        return tuple(b.type for b in self.branches)
+
+    def __call__(self, context: Any) -> list[tuple[str, Any]]:
+        return [(b.type, v) for b in self.branches for v in b.fn(context) if v is not None]
+
+
+def compile_expression(
+    expression: str,
+    context_type: str,
+    types: TypeModel | None = None,
+) -> CompiledExpression:
+    """Compile ``expression`` evaluated on a value of ``context_type`` (a resource or any type).
+
+    Raises :class:`CompileError` for FHIRPath outside the supported subset.
+    """
+    model = types if types is not None else default_registry().types
+    ast = _Parser(expression).parse()
+    branches = _Compiler(model).compile(ast, [_Branch(context_type, _identity, True)], context_type)
+    return CompiledExpression(expression, context_type, branches)
+
+
+# --------------------------------------------------------------------------------------------
+# fhirpathpy fallback (also the reference the tests compare the compiler with)
+
+_FP_MODEL = fp_models["r4"]
+_FP_SYSTEM = {
+    "System.String": "string",
+    "System.Boolean": "boolean",
+    "System.Integer": "integer",
+    "System.Decimal": "decimal",
+    "System.Date": "date",
+    "System.DateTime": "dateTime",
+    "System.Time": "time",
+}
+
+
+def _fp_resolve(inputs: list[Any]) -> list[Any]:
+    """fhirpathpy has no resolve(): a stand-in resource of the referenced type, enough for ``is``."""
+    out = []
+    for ref in inputs:
+        rtype = _reference_type(ref)
+        if rtype is not None:
+            out.append(ResourceNode.create_node({"resourceType": rtype}))
+    return out
+
+
+_FP_OPTIONS = {"returnRawData": True, "userInvocationTable": {"resolve": {"fn": _fp_resolve}}}
+_ABSTRACT_ROOT = re.compile(r"(^|[(|]\s*)(?:Resource|DomainResource)\.")
+_AS_OPERATOR = re.compile(r"([A-Za-z_][\w.]*) as ([A-Za-z_]\w*)")
+
+
+def _fp_expression(expression: str, resource_type: str) -> str:
+    """The expression as fhirpathpy evaluates it with R4 search semantics.
+
+    fhirpathpy roots paths only at the concrete type (``Resource.id`` finds nothing on a Patient)
+    and implements ``as`` strictly (an error on collections of more than one), whereas R4 search
+    expressions such as ``(Observation.component.value as Quantity)`` use it as a filter:
+    rewrite both (``X as T`` / ``X.as(T)`` -> ``X.ofType(T)``).
+    """
+    text = _ABSTRACT_ROOT.sub(lambda m: f"{m.group(1)}{resource_type}.", expression)
+    text = text.replace(".as(", ".ofType(")
+    return _AS_OPERATOR.sub(r"\1.ofType(\2)", text)
+
+
+def _fp_type(node: Any) -> str:
+    if isinstance(node, ResourceNode):
+        path = node.path if isinstance(node.path, str) else ""
+        if path.startswith("System."):
+            return _FP_SYSTEM.get(path, path)
+        return path
+    if isinstance(node, bool):
+        return "boolean"
+    if isinstance(node, str):
+        return "string"
+    if isinstance(node, int):
+        return "integer"
+    return "decimal"
+
+
+_fp_cache: dict[tuple[str, str], list[Callable[..., list[Any]]]] = {}
+
+
+def fhirpath_values(resource: Mapping[str, Any], expression: str) -> list[tuple[str, Any]]:
+    """``(type, value)`` pairs of ``expression`` evaluated by fhirpathpy (slow; fallback only).
+
+    Top-level union branches are evaluated one by one: fhirpathpy's ``|`` rebuilds its nodes
+    without their type, and the rows are de-duplicated afterwards anyway.
+    """
+    rtype = str(resource.get("resourceType"))
+    key = (rtype, expression)
+    fns = _fp_cache.get(key)
+    if fns is None:
+        fns = _fp_cache[key] = [
+            fp_compile(_fp_expression(branch, rtype), model=_FP_MODEL, options=_FP_OPTIONS)
+            for branch in split_union(expression)
+        ]
+    out = []
+    for fn in fns:
+        for node in fn(resource):
+            value = node.data if isinstance(node, ResourceNode) else node
+            if value is not None:
+                out.append((_fp_type(node), value))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Per-resource-type extractors
+
+
+class TypeExtractor:
+    """All index extractors of one resource type, compiled once; call it with a resource.
+
+    ``plan`` lists ``(code, values fn, row builder)`` per compiled branch. Identical union
+    branches of different parameters (``Observation.code`` in ``code`` and ``combo-code``) share
+    one compiled function, and functions are grouped by the top-level JSON property they read,
+    so a resource only pays for the properties it has.
+    """
+
+    __slots__ = ("__weakref__", "_always", "_by_key", "fallbacks", "plan", "resource_type", "types")
+
+    def __init__(self, resource_type: str, registry: Registry):
+        self.resource_type = resource_type
+        self.types = registry.types
+        plan: list[tuple[str, Fn, Emit]] = []
+        fallbacks: list[tuple[SearchParam, str]] = []
+        compiled: dict[str, CompiledExpression] = {}
+        for code, param in sorted(registry.params_for(resource_type).items()):
+            if param.type in ("composite", "special"):
+                continue  # composites are matched at query time; _near etc. are not indexed here
+            expression = param.expression_for(resource_type)
+            if not expression:
+                continue
+            try:
+                for text in split_union(expression):
+                    if text not in compiled:
+                        compiled[text] = compile_expression(text, resource_type, self.types)
+            except CompileError as exc:
+                log.info("search parameter %s on %s falls back to fhirpathpy: %s", code, resource_type, exc)
+                fallbacks.append((param, expression))
+                continue
+            for text in split_union(expression):
+                for branch in compiled[text].branches:
+                    emit = _emitter(self.types, param.type, branch.type)
+                    if emit is not None:
+                        plan.append((code, branch.fn, emit))
+        keys = {b.fn: b.key for c in compiled.values() for b in c.branches}
+        groups: dict[Fn, list[tuple[str, Emit]]] = {}
+        for code, fn, emit in plan:
+            groups.setdefault(fn, []).append((code, emit))
+        by_key: dict[str, list[tuple[Fn, tuple[tuple[str, Emit], ...]]]] = {}
+        always: list[tuple[Fn, tuple[tuple[str, Emit], ...]]] = []
+        for fn, targets in groups.items():
+            key = keys[fn]
+            (always if key is None else by_key.setdefault(key, [])).append((fn, tuple(targets)))
+        self.plan = tuple(plan)
+        self.fallbacks = tuple(fallbacks)
+        self._by_key = {k: tuple(v) for k, v in by_key.items()}
+        self._always = tuple(always)
+
+    def __call__(self, resource: Mapping[str, Any]) -> IndexRows:
+        rows = IndexRows()
+        by_key = self._by_key
+        for key in resource:
+            groups = by_key.get(key)
+            if groups is not None:
+                for fn, targets in groups:
+                    values = fn(resource)
+                    if values:
+                        for code, emit in targets:
+                            for value in values:
+                                if value is not None:
+                                    emit(rows, code, value)
+        for fn, targets in self._always:
+            values = fn(resource)
+            if values:
+                for code, emit in targets:
+                    for value in values:
+                        if value is not None:
+                            emit(rows, code, value)
+        for param, expression in self.fallbacks:
+            try:
+                values = fhirpath_values(resource, expression)
+            except Exception:  # fhirpathpy raises bare Exceptions on bad data; index what we can
+                log.warning("fhirpathpy failed on %s for %s", param.url, self.resource_type, exc_info=True)
+                continue
+            add_rows(rows, self.types, param.type, param.code, values)
+        rows.dedupe()
+        return rows
+
+
+_extractors: weakref.WeakKeyDictionary[Registry, dict[str, TypeExtractor]] = weakref.WeakKeyDictionary()
+
+
+def extractor_for(resource_type: str, registry: Registry | None = None) -> TypeExtractor:
+    """The compiled extractors of ``resource_type`` (built on first use, then cached)."""
+    reg = registry if registry is not None else default_registry()
+    per_type = _extractors.get(reg)
+    if per_type is None:
+        per_type = _extractors[reg] = {}
+    extractor = per_type.get(resource_type)
+    if extractor is None:
+        extractor = per_type[resource_type] = TypeExtractor(resource_type, reg)
+    return extractor
+
+
+def extract(resource: Mapping[str, Any], registry: Registry | None = None) -> IndexRows:
+    """Index rows of ``resource`` for every search parameter of its type."""
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        raise ValueError("resource has no resourceType")
+    return extractor_for(rtype, registry)(resource)
+
+
+def fallback_expressions(registry: Registry | None = None) -> list[tuple[str, str, str]]:
+    """(resource type, code, expression) of every parameter evaluated by fhirpathpy."""
+    reg = registry if registry is not None else default_registry()
+    return [
+        (rt, param.code, expression)
+        for rt in sorted(reg.resource_types())
+        for param, expression in extractor_for(rt, reg).fallbacks
+    ]

@@ -1,0 +1,97 @@
+"""PostgreSQL store: psycopg 3 with a connection pool, JSONB content.
+
+Writers run in explicit transactions (READ COMMITTED). Work that must not race with itself —
+every write of one (type, id), a conditional create's search-then-insert — takes a
+transaction-scoped advisory lock (``pg_advisory_xact_lock``) on a 64-bit hash of its key, so two
+workers creating with the same criteria are serialised and the second sees the first's row.
+Schema creation at start-up is serialised the same way, so several workers may start at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from server.store.base import ConflictRetry
+from server.store.sql import Cursor, SqlStoreBase, SqlWriteTx
+
+__all__ = ["PostgresStore"]
+
+_MIGRATION_LOCK = 0x6269676D6564  # "bigmed"
+_POSITIVE_EXPONENT = re.compile(rb"[0-9][eE]\+?[0-9]")
+
+
+def _lock_id(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+@lru_cache(maxsize=4096)
+def _pg_sql(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PgWriteTx(SqlWriteTx):
+    def lock(self, key: str) -> None:
+        self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(key),))
+
+    def _content_value(self, content: bytes) -> tuple[Any, bytes | None]:
+        # JSONB keeps a number's value and scale but prints a positive exponent positionally
+        # (1.0E+245 -> 1000…0), which changes its stated precision: keep such bodies verbatim too.
+        raw = content if _POSITIVE_EXPONENT.search(content) else None
+        return content.decode("utf-8"), raw
+
+
+class PostgresStore(SqlStoreBase):
+    dialect = "postgresql"
+    content_select = "COALESCE(convert_from(h.raw, 'UTF8'), h.content::text)"
+    content_param = "?::jsonb"
+
+    def __init__(self, url: str, pool_size: int = 8) -> None:
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max(pool_size, 2),
+            kwargs={"autocommit": True},
+            open=True,
+            name="bigmed",
+        )
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            self._migrate(cur)
+
+    def _sql(self, sql: str) -> str:
+        return _pg_sql(sql)
+
+    @contextmanager
+    def _reader(self) -> Iterator[Cursor]:
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlWriteTx]:
+        try:
+            with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                yield _PgWriteTx(self, cur)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.SerializationFailure) as exc:
+            raise ConflictRetry(str(exc)) from exc
+
+    def reset(self) -> None:
+        with self.transaction() as tx:
+            rows = tx.query(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename != 'schema_meta'"
+            )
+            names = ", ".join(f'"{r[0]}"' for r in rows)
+            if names:
+                tx.cur.execute(f"TRUNCATE {names} RESTART IDENTITY")
+
+    def close(self) -> None:
+        self.pool.close()

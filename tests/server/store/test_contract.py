@@ -1,0 +1,140 @@
+"""The storage contract: one suite, run against SQLite and PostgreSQL (DESIGN style rule 6)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from server.store import open_store
+from server.store.base import Store, StoredResource, WriteTx
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    s = open_store(database_url)
+    s.reset()
+    yield s
+    s.close()
+
+
+def _res(id_: str, version: int, ts: float, body: bytes | None = None, rid: int = 0) -> StoredResource:
+    content = body if body is not None else b'{"resourceType":"Patient","id":"%s"}' % id_.encode()
+    return StoredResource("Patient", id_, version, ts, False, content, rid=rid)
+
+
+def _index(**tables: list[tuple[Any, ...]]) -> SimpleNamespace:
+    empty: dict[str, list[tuple[Any, ...]]] = {
+        t: [] for t in ("token", "string", "reference", "date", "number", "quantity", "uri")
+    }
+    return SimpleNamespace(**{**empty, **tables})
+
+
+def _put(store: Store, res: StoredResource, method: str = "PUT", index: Any = None) -> StoredResource:
+    with store.transaction() as tx:
+        current = tx.current(res.type, res.id)
+        rid = current.rid if current else 0
+        return tx.put(
+            StoredResource(res.type, res.id, res.version, res.ts, res.deleted, res.content, rid=rid), method, index
+        )
+
+
+def test_implements_protocol(store: Store) -> None:
+    assert isinstance(store, Store)
+    with store.transaction() as tx:
+        assert isinstance(tx, WriteTx)
+
+
+def test_write_then_read_current_and_versions(store: Store) -> None:
+    _put(store, _res("a", 1, 100.0, b'{"resourceType":"Patient","id":"a","v":1}'), "POST")
+    _put(store, _res("a", 2, 200.0, b'{"resourceType":"Patient","id":"a","v":2}'))
+    cur = store.read("Patient", "a")
+    assert cur is not None and cur.version == 2 and cur.ts == 200.0 and not cur.deleted
+    assert b'"v":2' in (cur.content or b"").replace(b" ", b"")
+    v1 = store.vread("Patient", "a", 1)
+    assert v1 is not None and b'"v":1' in (v1.content or b"").replace(b" ", b"")
+    assert store.vread("Patient", "a", 3) is None
+    assert store.read("Patient", "zzz") is None
+    assert store.read("Observation", "a") is None
+
+
+def test_content_keeps_decimal_digits(store: Store) -> None:
+    body = b'{"resourceType":"Observation","id":"d","valueQuantity":{"value":1.50}}'
+    _put(store, StoredResource("Observation", "d", 1, 1.0, False, body))
+    got = store.read("Observation", "d")
+    assert got is not None and b"1.50" in (got.content or b"")
+
+
+def test_delete_is_a_tombstone_in_history(store: Store) -> None:
+    _put(store, _res("a", 1, 1.0))
+    _put(store, StoredResource("Patient", "a", 2, 2.0, True, None))
+    cur = store.read("Patient", "a")
+    assert cur is not None and cur.deleted and cur.content is None and cur.version == 2
+    hist = store.history("Patient", "a")
+    assert [(h.resource.version, h.method, h.resource.deleted) for h in hist] == [(2, "PUT", True), (1, "PUT", False)]
+
+
+def test_history_levels_order_since_and_paging(store: Store) -> None:
+    _put(store, _res("a", 1, 10.0), "POST")
+    _put(store, StoredResource("Observation", "o", 1, 20.0, False, b'{"resourceType":"Observation","id":"o"}'))
+    _put(store, _res("a", 2, 30.0))
+    system = store.history()
+    assert [(h.resource.type, h.resource.version) for h in system] == [
+        ("Patient", 2),
+        ("Observation", 1),
+        ("Patient", 1),
+    ]
+    assert [h.resource.version for h in store.history("Patient")] == [2, 1]
+    assert [h.resource.type for h in store.history(since=15.0)] == ["Patient", "Observation"]
+    assert store.count_history() == 3 and store.count_history("Patient") == 2 and store.count_history(since=25.0) == 1
+    first = store.history(limit=2)
+    rest = store.history(before_seq=first[-1].seq, limit=2)
+    assert [h.seq for h in first + rest] == [h.seq for h in system]
+
+
+def test_index_rows_replaced_on_update_and_removed_on_delete(store: Store) -> None:
+    _put(store, _res("a", 1, 1.0), index=_index(token=[("identifier", "sys", "1", None)], string=[("name", "x", "X")]))
+    q = "SELECT COUNT(*) FROM idx_token WHERE param = ? AND code = ?"
+    assert store.query(q, ("identifier", "1"))[0][0] == 1
+    _put(store, _res("a", 2, 2.0), index=_index(token=[("identifier", "sys", "2", None)]))
+    assert store.query(q, ("identifier", "1"))[0][0] == 0
+    assert store.query(q, ("identifier", "2"))[0][0] == 1
+    assert store.query("SELECT COUNT(*) FROM idx_string")[0][0] == 0
+    _put(store, StoredResource("Patient", "a", 3, 3.0, True, None))
+    assert store.query("SELECT COUNT(*) FROM idx_token")[0][0] == 0
+
+
+def test_failed_transaction_writes_nothing(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.put(_res("a", 1, 1.0), "POST", _index(token=[("identifier", None, "1", None)]))
+        tx.put(_res("b", 1, 1.0), "POST", None)
+        raise RuntimeError("boom")
+    assert store.read("Patient", "a") is None and store.read("Patient", "b") is None
+    assert store.count_history() == 0
+    assert store.query("SELECT COUNT(*) FROM idx_token")[0][0] == 0
+
+
+def test_transaction_sees_its_own_writes(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put(_res("a", 1, 1.0), "POST", _index(token=[("identifier", None, "1", None)]))
+        assert tx.current("Patient", "a") is not None
+        assert tx.query("SELECT COUNT(*) FROM idx_token WHERE code = ?", ("1",))[0][0] == 1
+        tx.lock("Patient/a")
+
+
+def test_read_many_keeps_order_and_iter_current_skips_deleted(store: Store) -> None:
+    rids = [_put(store, _res(i, 1, float(n))).rid for n, i in enumerate("abc")]
+    _put(store, StoredResource("Patient", "b", 2, 9.0, True, None))
+    got = store.read_many([rids[2], rids[0]])
+    assert [r.id for r in got] == ["c", "a"]
+    assert sorted(r.id for r in store.iter_current("Patient", batch=1)) == ["a", "c"]
+    assert list(store.iter_current("Observation")) == []
+
+
+def test_reset_empties_everything(store: Store) -> None:
+    _put(store, _res("a", 1, 1.0), index=_index(uri=[("url", "http://x")]))
+    store.reset()
+    assert store.read("Patient", "a") is None and store.count_history() == 0
+    assert store.query("SELECT COUNT(*) FROM idx_uri")[0][0] == 0
