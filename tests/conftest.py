@@ -1,8 +1,9 @@
 """Shared fixtures: apps built with ``create_app(test_config)`` on SQLite and on a real PostgreSQL.
 
 PostgreSQL tests use ``BIGMED_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``)
-in a private schema ``bigmed_test``. When the server cannot be reached they are skipped with a
-loud notice, unless ``BIGMED_REQUIRE_SERVICES=1`` (as in CI), where that is an error.
+in a schema private to the run (``bigmed_test_<pid>``, dropped at the end). When the server
+cannot be reached they are skipped with a loud notice, unless ``BIGMED_REQUIRE_SERVICES=1``
+(as in CI), where that is an error.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
-PG_SCHEMA = "bigmed_test"
+PG_SCHEMA = f"bigmed_test_{os.getpid()}"  # private per test run: parallel runs never share tables
 _skipped_services: set[str] = set()
 
 
@@ -32,6 +33,8 @@ def postgres_url() -> str:
 
         with psycopg.connect(base, connect_timeout=3, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")
+        if not _pg_used:
+            _pg_used.append(base)
     except Exception as exc:  # noqa: BLE001  # any connection failure means the server is unavailable
         if _require_services():
             pytest.fail(f"PostgreSQL is required (BIGMED_REQUIRE_SERVICES=1) but unreachable at {base}: {exc}")
@@ -39,6 +42,22 @@ def postgres_url() -> str:
         pytest.skip(f"PostgreSQL not reachable at {base}; PostgreSQL tests SKIPPED")
     sep = "&" if "?" in base else "?"
     return f"{base}{sep}options=-csearch_path%3D{PG_SCHEMA}"
+
+
+_pg_used: list[str] = []
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    """Drop this run's private PostgreSQL schema."""
+    if not _pg_used:
+        return
+    import psycopg
+
+    try:
+        with psycopg.connect(_pg_used[0], connect_timeout=3, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
+    except Exception as exc:  # noqa: BLE001  # cleanup only: report, never fail the run for it
+        print(f"could not drop schema {PG_SCHEMA}: {exc}")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
