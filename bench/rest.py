@@ -160,9 +160,10 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def http_request(method: str, path: str, body: bytes | None = None) -> bytes:
+def http_request(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> bytes:
     """The exact bytes of one HTTP/1.1 request, built before the clock starts (the same for every server)."""
     head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: bigmed-bench\r\nAccept: {FHIR_JSON}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     if body is not None:
         head += f"Content-Type: {FHIR_JSON}\r\nContent-Length: {len(body)}\r\n"
     return head.encode("ascii") + b"\r\n" + (body or b"")
@@ -184,6 +185,8 @@ class Connection:
         self.sock: socket.socket | None = None
         self.buf = b""
         self.connects = 0
+        self.watch: bytes | None = None  # a response header name (lower case) to remember in ``watched``
+        self.watched: str | None = None
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # no getaddrinfo: the address is a literal
@@ -241,9 +244,12 @@ class Connection:
         length: int | None = None
         close = lines[0].startswith(b"HTTP/1.0")
         chunked = False
+        self.watched = None
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
+            if name == self.watch:
+                self.watched = value.strip().decode("latin-1")
             if name == b"content-length":
                 length = int(value)
             elif name == b"connection":
@@ -303,6 +309,7 @@ class ClientJob:
     deadline: float
     timeout: float
     keep_bodies: bool = False
+    watch_header: bytes | None = None  # lower-case name of a response header whose values are tallied
 
 
 @dataclass
@@ -316,6 +323,7 @@ class ClientResult:
     t_last: float = 0.0
     cpu: float = 0.0
     connects: int = 0
+    watched: Counter[str] = field(default_factory=Counter)  # values of ``ClientJob.watch_header`` ("" = absent)
 
 
 def run_client(job: ClientJob) -> ClientResult:
@@ -327,8 +335,10 @@ def run_client(job: ClientJob) -> ClientResult:
 
     def worker() -> None:
         conn = Connection(job.port, job.timeout)
+        conn.watch = job.watch_header
         lat: list[float] = []
         statuses: Counter[int] = Counter()
+        watched: Counter[str] = Counter()
         failures = 0
         samples: list[str] = []
         bodies: list[bytes] = []
@@ -351,6 +361,8 @@ def run_client(job: ClientJob) -> ClientResult:
                 first, last = min(first, t0), t1
                 lat.append(t1 - t0)
                 statuses[status] += 1
+                if job.watch_header is not None:
+                    watched[conn.watched or ""] += 1
                 if not 200 <= status < 300 and len(samples) < 3:
                     samples.append(f"HTTP {status}: {body[:300].decode('utf-8', 'replace')}")
                 if job.keep_bodies and 200 <= status < 300:
@@ -360,6 +372,7 @@ def run_client(job: ClientJob) -> ClientResult:
         with lock:
             result.latencies.extend(lat)
             result.statuses.update(statuses)
+            result.watched.update(watched)
             result.failures += failures
             result.samples.extend(samples[: max(0, 3 - len(result.samples))])
             result.bodies.extend(bodies)
@@ -661,6 +674,7 @@ class Bench:
         self.tmp = tmp
         self.servers: list[Server] = []
         self.procs = max(1, min(args.client_procs, args.concurrency))
+        self.watch_header: bytes | None = None  # tally this response header's values (see ``ClientJob``)
 
     def submit(
         self, port: int, requests: list[bytes], time_cap: float, keep_bodies: bool = False
@@ -677,6 +691,8 @@ class Bench:
             for i in range(procs)
             if per_proc[i] > 0
         ]
+        for job in jobs:
+            job.watch_header = self.watch_header
         return start_at, self.pool.map_async(run_client, jobs)
 
     def drive(self, port: int, requests: list[bytes], time_cap: float, keep_bodies: bool = False) -> list[ClientResult]:
@@ -779,7 +795,7 @@ class Bench:
 # -- backends --------------------------------------------------------------------------------------------
 
 
-def pg_prepare(url: str) -> str | None:
+def pg_prepare(url: str, schema: str = PG_SCHEMA) -> str | None:
     """Drop and recreate the bench schema; the server URL pinned to it, or None (with a message) if unreachable."""
     try:
         import psycopg
@@ -788,20 +804,20 @@ def pg_prepare(url: str) -> str | None:
         return None
     try:
         with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
-            conn.execute(f"CREATE SCHEMA {PG_SCHEMA}")
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"CREATE SCHEMA {schema}")
     except psycopg.Error as exc:
         print(f"skipping postgresql: cannot reach {url} ({type(exc).__name__}: {str(exc).strip()})")
         return None
     sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options=-csearch_path%3D{PG_SCHEMA}"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
 
 
-def pg_drop(url: str) -> None:
+def pg_drop(url: str, schema: str = PG_SCHEMA) -> None:
     import psycopg
 
     with contextlib.suppress(psycopg.Error), psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def server_env(database_url: str) -> dict[str, str]:

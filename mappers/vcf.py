@@ -140,7 +140,7 @@ class VcfReport:
     build: str
     build_evidence: list[str]
     version: str
-    records: int = 0  #: data lines read
+    records: int = 0  #: data lines read (so far, while resources() runs)
     variants: int = 0  #: variant Observations produced
     resources: Counter[str] = field(default_factory=Counter)  #: produced, by kind
     skipped: Counter[str] = field(default_factory=Counter)  #: by reason
@@ -847,6 +847,7 @@ class VcfMapping:
                 except Exception as exc:  # cyvcf2 raises bare Exception on htslib errors
                     raise VcfError(path, line_no, f"cannot parse the record: {exc}") from exc
                 records_read += 1
+                report.records = records_read  # live: callers show progress with it
                 head = line.split("\t", 5)
                 contig, pos_text, id_text, ref, alt_text = head[0], head[1], head[2], head[3], head[4]
                 # the two readers stay in step (checked at the end: same number of records and lines)

@@ -13,8 +13,11 @@ from flask import Flask
 from server import errors
 from server.api import fhir as fhir_api
 from server.api import health as health_api
+from server.api import metrics as metrics_api
+from server.cache import open_cache
 from server.config import Config
 from server.fhir.context import FhirContext
+from server.fhir.operations.variant_ranges import VARIANT_RANGES
 from server.search.registry import default_registry
 from server.store import open_store
 
@@ -28,9 +31,16 @@ def create_app(config: Config | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # flask's default provider has it
-    store = open_store(cfg.database_url, pool_size=cfg.pg_pool_size)
-    app.extensions["bigmed"] = FhirContext(config=cfg, store=store, registry=default_registry())
+    store = open_store(cfg.database_url, pool_size=cfg.pg_pool_size, derived=(VARIANT_RANGES,))
+    cache = (
+        open_cache(cfg.redis_url, store, cfg.cache_ttl, cfg.cache_max_bytes, cfg.cache_timeout_ms / 1000)
+        if cfg.cache_enabled
+        else None
+    )
+    app.extensions["bigmed"] = FhirContext(config=cfg, store=store, registry=default_registry(), cache=cache)
     errors.init_app(app)
     app.register_blueprint(fhir_api.bp)
     app.register_blueprint(health_api.bp)
+    app.register_blueprint(metrics_api.bp)
+    metrics_api.init_app(app)
     return app

@@ -35,12 +35,19 @@ class Config:
     base_url: str | None = None
     auth: str = "open"
     max_body_bytes: int = 16 * 1024 * 1024
+    max_vcf_bytes: int = 2 * 1024 * 1024 * 1024  # $ingest-vcf uploads (instead of max_body_bytes)
+    vcf_async_bytes: int = 8 * 1024 * 1024  # larger $ingest-vcf uploads are ingested in the background (202)
     max_json_depth: int = 64
     validation: str = "strict"
     default_page_size: int = 50
     max_page_size: int = 1000
+    max_bundle_entries: int = 10_000
     pg_pool_size: int = 8
     log_level: str = "INFO"
+    cache_ttl: int = 300
+    cache_max_bytes: int = 1_048_576
+    cache_timeout_ms: int = 50
+    cache_enabled: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -52,12 +59,19 @@ class Config:
             base_url=(env.get("BIGMED_BASE_URL") or "").rstrip("/") or None,
             auth=env.get("BIGMED_AUTH") or cls.auth,
             max_body_bytes=_int(env, "BIGMED_MAX_BODY_BYTES", cls.max_body_bytes),
+            max_vcf_bytes=_int(env, "BIGMED_MAX_VCF_BYTES", cls.max_vcf_bytes),
+            vcf_async_bytes=_int(env, "BIGMED_VCF_ASYNC_BYTES", cls.vcf_async_bytes),
             max_json_depth=_int(env, "BIGMED_MAX_JSON_DEPTH", cls.max_json_depth),
             validation=env.get("BIGMED_VALIDATION") or cls.validation,
             default_page_size=_int(env, "BIGMED_PAGE_SIZE", cls.default_page_size),
             max_page_size=_int(env, "BIGMED_MAX_PAGE_SIZE", cls.max_page_size),
+            max_bundle_entries=_int(env, "BIGMED_MAX_BUNDLE_ENTRIES", cls.max_bundle_entries),
             pg_pool_size=_int(env, "BIGMED_PG_POOL_SIZE", cls.pg_pool_size),
             log_level=env.get("BIGMED_LOG_LEVEL") or cls.log_level,
+            cache_ttl=_int(env, "BIGMED_CACHE_TTL", cls.cache_ttl),
+            cache_max_bytes=_int(env, "BIGMED_CACHE_MAX_BYTES", cls.cache_max_bytes),
+            cache_timeout_ms=_int(env, "BIGMED_CACHE_TIMEOUT_MS", cls.cache_timeout_ms),
+            cache_enabled=(env.get("BIGMED_CACHE") or "on").lower() not in ("off", "0", "false", "no"),
         )
         cfg.check()
         return cfg

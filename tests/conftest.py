@@ -60,6 +60,21 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
         print(f"could not drop schema {PG_SCHEMA}: {exc}")
 
 
+def redis_url() -> str:
+    """URL of the test Redis, or skip/fail when it cannot be reached (like PostgreSQL)."""
+    url = os.environ.get("BIGMED_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception as exc:  # noqa: BLE001  # any connection failure means the server is unavailable
+        if _require_services():
+            pytest.fail(f"Redis is required (BIGMED_REQUIRE_SERVICES=1) but unreachable at {url}: {exc}")
+        _skipped_services.add(f"Redis at {url}: {exc}")
+        pytest.skip(f"Redis not reachable at {url}; Redis tests SKIPPED")
+    return url
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _skipped_services:
         terminalreporter.write_sep("!", "SERVICE TESTS SKIPPED", red=True, bold=True)

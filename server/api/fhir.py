@@ -8,11 +8,13 @@ OperationOutcomes in :mod:`server.errors`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, Response, request
 
 from server import jsonio
+from server.api.caching import ALL_TYPES, cached
 from server.api.http import (
     ctx,
     fhir_base,
@@ -23,13 +25,16 @@ from server.api.http import (
     query_pairs,
     read_json_body,
 )
-from server.errors import BadRequest, Issue, NotFound, operation_outcome
+from server.errors import BadRequest, Issue, NotFound, UnsupportedMediaType, error_for_status, operation_outcome
 from server.fhir import crud
 from server.fhir.bundle import etag, http_date
 from server.fhir.capability import capability_statement
 from server.fhir.history import history
-from server.fhir.search import search
+from server.fhir.operations import genomics
+from server.fhir.operations import ingest_vcf as ingest
+from server.fhir.search import search, search_compartment, search_system
 from server.fhir.subset import subset
+from server.fhir.transaction import process as process_bundle
 from server.store.base import StoredResource
 
 __all__ = ["bp"]
@@ -86,17 +91,52 @@ def history_system() -> Response:
     return fhir_response(history(ctx(), fhir_base(), request.args.to_dict()), media=negotiate())
 
 
-# -- type level --------------------------------------------------------------------------
+@bp.post("")
+@bp.post("/")
+def transaction() -> Response:
+    """A transaction or batch Bundle (http.html#transaction); ``Prefer: return`` applies per entry."""
+    media = negotiate()
+    body = read_json_body()
+    return fhir_response(process_bundle(ctx(), fhir_base(), body, prefer("return")), media=media)
 
 
 def _strict() -> bool:
     return (prefer("handling") or "").lower() == "strict"
 
 
+def _form_only() -> None:
+    if request.method == "POST" and request.mimetype not in ("application/x-www-form-urlencoded", ""):
+        raise BadRequest("POST _search takes its parameters as application/x-www-form-urlencoded")
+
+
+@bp.get("")
+@bp.post("/_search")
+def search_all() -> Response:
+    """System-level search (``_type`` and common parameters)."""
+    media = negotiate()
+    _form_only()
+    return fhir_response(search_system(ctx(), fhir_base(), query_pairs(), strict=_strict()), media=media)
+
+
+# -- type level --------------------------------------------------------------------------
+
+
+def _depends_on(type_: str) -> Sequence[str]:
+    """The types a type-level search reads: its own, or all when it chains, reverse-chains or includes."""
+    for key in request.args:
+        name = key.partition(":")[0]
+        if "." in key or name in ("_has", "_include", "_revinclude") or key.startswith("_has:"):
+            return ALL_TYPES
+    return [type_]
+
+
 @bp.get("/<type_>")
 def search_type(type_: str) -> Response:
     media = negotiate()
-    return fhir_response(search(ctx(), fhir_base(), type_, query_pairs(), strict=_strict()), media=media)
+    return cached(
+        _depends_on(type_),
+        lambda: fhir_response(search(ctx(), fhir_base(), type_, query_pairs(), strict=_strict()), media=media),
+    )
 
 
 @bp.post("/<type_>/_search")
@@ -153,16 +193,20 @@ def history_type(type_: str) -> Response:
 
 @bp.get("/<type_>/<id_>")
 def read(type_: str, id_: str) -> Response:
-    res = crud.read(ctx(), type_, id_)
-    inm = request.headers.get("If-None-Match")
-    if inm and inm.strip() in (etag(res.version), f'"{res.version}"'):
-        return Response(status=304, headers=_headers(res))
-    return _resource_response(res)
+    return cached([type_], lambda: _resource_response(crud.read(ctx(), type_, id_)))
 
 
 @bp.get("/<type_>/<id_>/_history/<vid>")
 def vread(type_: str, id_: str, vid: str) -> Response:
     return _resource_response(crud.vread(ctx(), type_, id_, vid))
+
+
+@bp.get("/<compartment>/<id_>/<type_>")
+def search_in_compartment(compartment: str, id_: str, type_: str) -> Response:
+    """Compartment search, e.g. ``/fhir/Patient/123/Observation?code=…`` (``*``: every member type)."""
+    media = negotiate()
+    result = search_compartment(ctx(), fhir_base(), compartment, id_, type_, query_pairs(), strict=_strict())
+    return fhir_response(result, media=media)
 
 
 @bp.get("/<type_>/<id_>/_history")
@@ -198,6 +242,76 @@ def _delete_response(deleted: list[StoredResource], what: str) -> Response:
 def delete(type_: str, id_: str) -> Response:
     result = crud.delete(ctx(), type_, id_, if_match())
     return _delete_response([result.resource] if result.changed else [], f"{type_}/{id_}")
+
+
+# -- operations --------------------------------------------------------------------------
+
+_VCF_TYPES = ("text/plain", "text/x-vcf", "text/vcf", "application/gzip", "application/x-gzip")
+_VCF_ARGS = {"sample": "sample", "build": "build", "source-class": "source_class"}
+
+
+@bp.post("/Patient/<id_>/$ingest-vcf")
+def ingest_vcf(id_: str) -> Response:
+    """Store an uploaded VCF for the Patient: 201/200 with the DiagnosticReport, or 202 + a status URL when large."""
+    media = negotiate()
+    context = ctx()
+    if (request.mimetype or "").lower() not in _VCF_TYPES:
+        got = request.content_type or "no Content-Type"
+        raise UnsupportedMediaType(f"$ingest-vcf takes a VCF as text/plain, text/x-vcf or application/gzip, not {got}")
+    options: dict[str, Any] = {}
+    for name, value in request.args.items(multi=True):
+        if name not in _VCF_ARGS and name not in ("_format", "_pretty"):
+            raise BadRequest(f"$ingest-vcf: unknown parameter '{name}' (known: {', '.join(_VCF_ARGS)})")
+        if name in _VCF_ARGS and value:
+            options[_VCF_ARGS[name]] = value
+    ingest.check_patient(context, id_)
+    ingest.check_size(request.content_length, context.config.max_vcf_bytes)
+    request.max_content_length = context.config.max_vcf_bytes
+    disposition = request.headers.get("Content-Disposition", "")
+    filename = disposition.partition("filename=")[2].strip().strip('"') or None
+    upload = ingest.receive(request.stream, context.config.max_vcf_bytes, filename)
+    if upload.size > context.config.vcf_async_bytes or prefer("respond-async") is not None:
+        task_id = ingest.start_job(context, upload, id_, **options)
+        status_url = f"{fhir_base()}/Task/{task_id}/$ingest-vcf-status"
+        note = f"Ingesting {upload.path.name} ({upload.size:,} bytes) in the background: poll {status_url}"
+        outcome = operation_outcome([Issue(note, "information", "informational")])
+        return fhir_response(outcome, 202, {"Content-Location": status_url}, media)
+    try:
+        result = ingest.ingest_vcf(context, upload.path, id_, name=upload.path.name, **options)
+    finally:
+        upload.discard()
+    report = result.diagnostic_report
+    return fhir_response(report.content, 201 if result.report_created else 200, _headers(report, True), media)
+
+
+@bp.get("/Task/<id_>/$ingest-vcf-status")
+def ingest_vcf_status(id_: str) -> Response:
+    """Poll a background ingestion: 202 while it runs, then the DiagnosticReport (200) or the error."""
+    media = negotiate()
+    job = ingest.job_status(ctx(), id_)
+    if job.status == 202:
+        return Response(status=202, headers=job.headers)
+    if job.status == 200:
+        res = job.body
+        headers = {**_headers(res), "Location": f"{fhir_base()}/{job.headers['Location']}"}
+        return fhir_response(res.content, 200, headers, media)
+    raise error_for_status(job.status, job.body.diagnostics)
+
+
+def _genomics_view(name: str) -> Any:
+    def view() -> Response:
+        media = negotiate()
+        pairs = list(request.args.items(multi=True))
+        if request.method == "POST":
+            pairs += genomics.parameters_pairs(read_json_body())
+        return fhir_response(genomics.run(ctx(), name, pairs), media=media)
+
+    view.__doc__ = f"Genomics Reporting ${name} (GET with query parameters or POST with Parameters)."
+    return view
+
+
+for _name in genomics.OPERATIONS:
+    bp.add_url_rule(f"/Observation/${_name}", f"genomics_{_name}", _genomics_view(_name), methods=["GET", "POST"])
 
 
 @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

@@ -2,7 +2,9 @@
 
 Generated from the same registries the server runs on: the resource types the validator serves,
 the interactions implemented, and the search parameters of the search registry whose types the
-query engine supports. Nothing here is hand-listed per resource type.
+query engine supports (with the ``_include``/``_revinclude`` values they allow, the common
+parameters of system-level search and the compartments of ``server/search/compartments.py``).
+Nothing here is hand-listed per resource type.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import time
 from typing import Any
 
 from server.fhir.context import FhirContext
+from server.fhir.operations import genomics, ingest_vcf
 from server.fhir.resource import instant
 from server.fhir.validation import resource_types, validated_by
-from server.search.query import SUPPORTED_TYPES
+from server.search.compartments import compartments
+from server.search.query import UNSUPPORTED_COMMON, searchable
+from server.search.registry import Registry
 
 __all__ = ["SOFTWARE_VERSION", "SYSTEM_INTERACTIONS", "TYPE_INTERACTIONS", "capability_statement"]
 
@@ -29,21 +34,53 @@ TYPE_INTERACTIONS = (
     "create",
     "search-type",
 )
-SYSTEM_INTERACTIONS = ("history-system",)
+_SEARCH_DOC = (
+    "Search (http://hl7.org/fhir/R4/search.html) follows the official R4 SearchParameters: types string, token, "
+    "reference, date, number, quantity, uri and composite (components matched on the same repeating element); "
+    "modifiers :missing :exact :contains :text :not :of-type :identifier :above/:below (uri) and :[type]; "
+    "prefixes eq ne gt lt ge le sa eb ap; chains (several levels), _has (nested), _include/_revinclude "
+    "(:iterate, *), _sort (several keys, -desc), _count with keyset paging, _total=none|estimate|accurate, "
+    "_summary, _elements. Not supported (ignored and reported): the special parameter 'near' (Location), "
+    f"{', '.join(sorted(UNSUPPORTED_COMMON))}, _contained other than false. Unknown search parameters are "
+    "ignored and reported in a searchset OperationOutcome entry; with 'Prefer: handling=strict' they are a 400. "
+    "An unsupported modifier or an invalid value is always a 400."
+)
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system", "search-system")
 _STARTED = instant(time.time())
 _CACHE: dict[tuple[int, str], dict[str, Any]] = {}
 
 
-def _resource_entry(ctx: FhirContext, type_: str) -> dict[str, Any]:
-    params = [
-        {"name": code, "definition": sp.url, "type": sp.type}
-        for code, sp in sorted(ctx.registry.params_for(type_).items())
-        if sp.type in SUPPORTED_TYPES
+def _search_param(code: str, url: str, type_: str) -> dict[str, Any]:
+    return {"name": code, "definition": url, "type": type_}
+
+
+def _revincludes(registry: Registry) -> dict[str, list[str]]:
+    """Target type -> the ``Source:param`` values that can reverse-include it."""
+    out: dict[str, list[str]] = {}
+    for source in sorted(registry.resource_types()):
+        for code, sp in sorted(registry.params_for(source).items()):
+            if sp.type == "reference" and searchable(sp, source):
+                for target in sp.target:
+                    out.setdefault(target, []).append(f"{source}:{code}")
+    return out
+
+
+def _resource_entry(ctx: FhirContext, type_: str, revincludes: dict[str, list[str]]) -> dict[str, Any]:
+    registry = ctx.registry.params_for(type_)
+    params = [_search_param(code, sp.url, sp.type) for code, sp in sorted(registry.items()) if searchable(sp, type_)]
+    includes = [
+        f"{type_}:{code}" for code, sp in sorted(registry.items()) if sp.type == "reference" and searchable(sp, type_)
     ]
+    unsupported = sorted(code for code, sp in registry.items() if sp.type == "special")
+    documentation = f"Validated on write with {validated_by(type_)}."
+    if unsupported:
+        documentation += (
+            f" Search parameter(s) {', '.join(unsupported)} (special) not supported: ignored with a warning."
+        )
     entry: dict[str, Any] = {
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
-        "documentation": f"Validated on write with {validated_by(type_)}.",
+        "documentation": documentation,
         "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
         "versioning": "versioned-update",
         "readHistory": True,
@@ -52,12 +89,28 @@ def _resource_entry(ctx: FhirContext, type_: str) -> dict[str, Any]:
         "conditionalRead": "not-supported",
         "conditionalUpdate": True,
         "conditionalDelete": "single",
+        "searchInclude": ["*", *includes],
+        "searchRevInclude": ["*", *revincludes.get(type_, [])],
         "searchParam": params,
     }
+    operations = [
+        {"name": name, "definition": url}
+        for on, name, url in (*genomics.capabilities(), *ingest_vcf.capabilities())
+        if on == type_
+    ]
+    if operations:
+        entry["operation"] = operations
     return entry
 
 
 def _build(ctx: FhirContext, base: str) -> dict[str, Any]:
+    revincludes = _revincludes(ctx.registry)
+    any_type = sorted(ctx.registry.resource_types())[0]
+    common = [
+        _search_param(code, sp.url, sp.type)
+        for code, sp in sorted(ctx.registry.params_for(any_type).items())
+        if searchable(sp, any_type) and set(sp.base) & {"Resource", "DomainResource"}
+    ]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -72,12 +125,11 @@ def _build(ctx: FhirContext, base: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "documentation": (
-                    "Unknown search parameters are ignored and reported in a searchset OperationOutcome "
-                    "entry; with 'Prefer: handling=strict' they are a 400."
-                ),
-                "resource": [_resource_entry(ctx, t) for t in sorted(resource_types())],
+                "documentation": _SEARCH_DOC,
+                "resource": [_resource_entry(ctx, t, revincludes) for t in sorted(resource_types())],
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "searchParam": common,
+                "compartment": [c.url for _, c in sorted(compartments().items())],
             }
         ],
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.cache import QueryCache
 from server.config import Config
 from server.search.registry import Registry
 from server.store.base import Store
@@ -20,6 +21,7 @@ class FhirContext:
     config: Config
     store: Store
     registry: Registry
+    cache: QueryCache | None = None
 
     @property
     def lenient(self) -> bool:

@@ -8,6 +8,11 @@ read, vread (#read, #vread); create with server ids and conditional create ``If-
 Conditional writes search and write under one lock (``WriteTx.lock`` on the canonical
 criteria), so two concurrent conditional creates with the same criteria create one resource.
 Reads never go through a write transaction.
+
+Each public write runs its ``*_in_tx`` form (``create_in_tx``, ``write_in_tx``, ``patch_in_tx``
+…; ``create_match``/``update_target``/``patch_target``/``delete_targets`` resolve conditional
+criteria) in a transaction of its own through :func:`retrying`; a transaction Bundle
+(:mod:`server.fhir.transaction`) runs many of them inside one.
 """
 
 from __future__ import annotations
@@ -34,12 +39,20 @@ __all__ = [
     "conditional_delete",
     "conditional_patch",
     "conditional_update",
+    "conditional_update_in_tx",
     "create",
+    "create_in_tx",
+    "create_match",
     "delete",
+    "delete_targets",
     "find_matches",
     "patch",
+    "patch_in_tx",
+    "patch_target",
     "read",
+    "retrying",
     "update",
+    "update_target",
     "vread",
     "write_in_tx",
 ]
@@ -59,8 +72,8 @@ class WriteResult:
     outcome: list[Issue] | None = None
 
 
-def _retrying(ctx: FhirContext, work: Callable[[WriteTx], T]) -> T:
-    """Run ``work`` in a write transaction, retrying when a concurrent writer won a race."""
+def retrying(ctx: FhirContext, work: Callable[[WriteTx], T]) -> T:
+    """Run ``work`` in a write transaction, retrying when a concurrent writer won a race (it must be re-runnable)."""
     for attempt in range(_RETRIES):
         try:
             with ctx.store.transaction() as tx:
@@ -152,33 +165,42 @@ def _criteria_lock(type_: str, criteria: str) -> str:
     return f"?{type_}?" + "&".join(f"{k}={v}" for k, v in pairs)
 
 
+def create_match(ctx: FhirContext, tx: WriteTx, type_: str, if_none_exist: str) -> StoredResource | None:
+    """The one current resource matching ``If-None-Exist`` criteria (None: create); several are a 412."""
+    tx.lock(_criteria_lock(type_, if_none_exist))
+    matches = find_matches(ctx, tx, type_, if_none_exist)
+    if len(matches) > 1:
+        raise PreconditionFailed(f"If-None-Exist criteria '{if_none_exist}' match more than one {type_}; refine them")
+    if not matches:
+        return None
+    existing = tx.current(type_, matches[0])
+    assert existing is not None
+    return existing
+
+
+def create_in_tx(
+    ctx: FhirContext, tx: WriteTx, type_: str, id_: str, resource: dict[str, Any], if_none_exist: str | None = None
+) -> WriteResult:
+    """Create (a checked resource) as ``type_/id_`` inside ``tx``, unless ``if_none_exist`` matches one."""
+    if if_none_exist:
+        existing = create_match(ctx, tx, type_, if_none_exist)
+        if existing is not None:
+            return WriteResult(existing, changed=False)
+    return write_in_tx(ctx, tx, type_, id_, resource, "POST")
+
+
 def create(ctx: FhirContext, type_: str, resource: Any, if_none_exist: str | None = None) -> WriteResult:
     check_type(type_)
     check_resource(resource, type_, None, lenient=ctx.lenient)
     id_ = new_id()
-
-    def work(tx: WriteTx) -> WriteResult:
-        if if_none_exist:
-            tx.lock(_criteria_lock(type_, if_none_exist))
-            matches = find_matches(ctx, tx, type_, if_none_exist)
-            if len(matches) > 1:
-                raise PreconditionFailed(
-                    f"If-None-Exist criteria '{if_none_exist}' match more than one {type_}; refine them"
-                )
-            if matches:
-                existing = tx.current(type_, matches[0])
-                assert existing is not None
-                return WriteResult(existing, changed=False)
-        return write_in_tx(ctx, tx, type_, id_, resource, "POST")
-
-    return _retrying(ctx, work)
+    return retrying(ctx, lambda tx: create_in_tx(ctx, tx, type_, id_, resource, if_none_exist))
 
 
 def update(ctx: FhirContext, type_: str, id_: str, resource: Any, if_match: int | None = None) -> WriteResult:
     check_type(type_)
     check_id(id_)
     check_resource(resource, type_, id_, lenient=ctx.lenient, need_id=True)
-    return _retrying(ctx, lambda tx: write_in_tx(ctx, tx, type_, id_, resource, "PUT", if_match))
+    return retrying(ctx, lambda tx: write_in_tx(ctx, tx, type_, id_, resource, "PUT", if_match))
 
 
 def conditional_update(
@@ -186,26 +208,32 @@ def conditional_update(
 ) -> WriteResult:
     """PUT [type]?criteria: no match creates, one match updates it, several are a 412."""
     check_type(type_)
-    body_id = resource.get("id") if isinstance(resource, dict) else None
     check_resource(resource, type_, None, lenient=ctx.lenient)
+    return retrying(ctx, lambda tx: conditional_update_in_tx(ctx, tx, type_, criteria, resource, if_match))
 
-    def work(tx: WriteTx) -> WriteResult:
-        tx.lock(_criteria_lock(type_, criteria))
-        matches = find_matches(ctx, tx, type_, criteria)
-        if len(matches) > 1:
-            raise PreconditionFailed(f"Conditional update criteria '{criteria}' match more than one {type_}")
-        if matches:
-            if body_id is not None and body_id != matches[0]:
-                raise BadRequest(
-                    f"The resource id '{body_id}' differs from the id of the matching {type_} ('{matches[0]}')"
-                )
-            target = matches[0]
-        else:
-            target = body_id if isinstance(body_id, str) else new_id()
-            check_id(target)
-        return write_in_tx(ctx, tx, type_, target, resource, "PUT", if_match)
 
-    return _retrying(ctx, work)
+def update_target(ctx: FhirContext, tx: WriteTx, type_: str, criteria: str, body_id: Any) -> str:
+    """The id a conditional update writes: the one match, else the body's id or a new one."""
+    tx.lock(_criteria_lock(type_, criteria))
+    matches = find_matches(ctx, tx, type_, criteria)
+    if len(matches) > 1:
+        raise PreconditionFailed(f"Conditional update criteria '{criteria}' match more than one {type_}")
+    if matches:
+        if body_id is not None and body_id != matches[0]:
+            raise BadRequest(
+                f"The resource id '{body_id}' differs from the id of the matching {type_} ('{matches[0]}')"
+            )
+        return matches[0]
+    target = body_id if isinstance(body_id, str) else new_id()
+    check_id(target)
+    return target
+
+
+def conditional_update_in_tx(
+    ctx: FhirContext, tx: WriteTx, type_: str, criteria: str, resource: dict[str, Any], if_match: int | None = None
+) -> WriteResult:
+    target = update_target(ctx, tx, type_, criteria, resource.get("id"))
+    return write_in_tx(ctx, tx, type_, target, resource, "PUT", if_match)
 
 
 def _apply_patch(type_: str, id_: str, current: StoredResource, ops: Any) -> dict[str, Any]:
@@ -222,7 +250,10 @@ def _apply_patch(type_: str, id_: str, current: StoredResource, ops: Any) -> dic
     return patched
 
 
-def _patch_in_tx(ctx: FhirContext, tx: WriteTx, type_: str, id_: str, ops: Any, if_match: int | None) -> WriteResult:
+def patch_in_tx(
+    ctx: FhirContext, tx: WriteTx, type_: str, id_: str, ops: Any, if_match: int | None = None
+) -> WriteResult:
+    """Apply a JSON Patch to the current version of ``type_/id_`` inside ``tx`` (validated like an update)."""
     tx.lock(f"{type_}/{id_}")
     current = tx.current(type_, id_)
     if current is None:
@@ -236,41 +267,46 @@ def _patch_in_tx(ctx: FhirContext, tx: WriteTx, type_: str, id_: str, ops: Any, 
 
 def patch(ctx: FhirContext, type_: str, id_: str, ops: Any, if_match: int | None = None) -> WriteResult:
     check_type(type_)
-    return _retrying(ctx, lambda tx: _patch_in_tx(ctx, tx, type_, id_, ops, if_match))
+    return retrying(ctx, lambda tx: patch_in_tx(ctx, tx, type_, id_, ops, if_match))
 
 
 def conditional_patch(
     ctx: FhirContext, type_: str, criteria: str, ops: Any, if_match: int | None = None
 ) -> WriteResult:
     check_type(type_)
+    return retrying(ctx, lambda tx: patch_in_tx(ctx, tx, type_, patch_target(ctx, tx, type_, criteria), ops, if_match))
 
-    def work(tx: WriteTx) -> WriteResult:
-        tx.lock(_criteria_lock(type_, criteria))
-        matches = find_matches(ctx, tx, type_, criteria)
-        if len(matches) != 1:
-            if not matches:
-                raise NotFound(f"No {type_} matches the conditional patch criteria '{criteria}'")
-            raise PreconditionFailed(f"Conditional patch criteria '{criteria}' match more than one {type_}")
-        return _patch_in_tx(ctx, tx, type_, matches[0], ops, if_match)
 
-    return _retrying(ctx, work)
+def patch_target(ctx: FhirContext, tx: WriteTx, type_: str, criteria: str) -> str:
+    """The id of the one resource a conditional patch applies to (none: 404, several: 412)."""
+    tx.lock(_criteria_lock(type_, criteria))
+    matches = find_matches(ctx, tx, type_, criteria)
+    if len(matches) != 1:
+        if not matches:
+            raise NotFound(f"No {type_} matches the conditional patch criteria '{criteria}'")
+        raise PreconditionFailed(f"Conditional patch criteria '{criteria}' match more than one {type_}")
+    return matches[0]
 
 
 def delete(ctx: FhirContext, type_: str, id_: str, if_match: int | None = None) -> WriteResult:
     """Delete (a tombstone version); deleting what is absent or already deleted changes nothing."""
     check_type(type_)
-    return _retrying(ctx, lambda tx: write_in_tx(ctx, tx, type_, id_, None, "DELETE", if_match))
+    return retrying(ctx, lambda tx: write_in_tx(ctx, tx, type_, id_, None, "DELETE", if_match))
 
 
 def conditional_delete(ctx: FhirContext, type_: str, criteria: str) -> Sequence[WriteResult]:
     """DELETE [type]?criteria, single-match semantics: several matches are a 412."""
     check_type(type_)
+    return retrying(
+        ctx,
+        lambda tx: [write_in_tx(ctx, tx, type_, m, None, "DELETE") for m in delete_targets(ctx, tx, type_, criteria)],
+    )
 
-    def work(tx: WriteTx) -> list[WriteResult]:
-        tx.lock(_criteria_lock(type_, criteria))
-        matches = find_matches(ctx, tx, type_, criteria)
-        if len(matches) > 1:
-            raise PreconditionFailed(f"Conditional delete criteria '{criteria}' match more than one {type_}")
-        return [write_in_tx(ctx, tx, type_, m, None, "DELETE") for m in matches]
 
-    return _retrying(ctx, work)
+def delete_targets(ctx: FhirContext, tx: WriteTx, type_: str, criteria: str) -> list[str]:
+    """Ids a conditional delete removes: none or one (several are a 412)."""
+    tx.lock(_criteria_lock(type_, criteria))
+    matches = find_matches(ctx, tx, type_, criteria)
+    if len(matches) > 1:
+        raise PreconditionFailed(f"Conditional delete criteria '{criteria}' match more than one {type_}")
+    return matches

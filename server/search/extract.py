@@ -20,13 +20,24 @@ Row semantics (one builder per parameter type and value type, shared with the fa
 * string: lower-cased (``casefold``), accents removed, whitespace collapsed; HumanName and
   Address give one row per part.
 * token: Coding, CodeableConcept (+ ``text`` as a text-only row), Identifier (+ type text),
-  ContactPoint value, and primitives (booleans as ``true``/``false``).
+  ContactPoint value, and primitives (booleans as ``true``/``false``). The ``text`` column
+  (display, CodeableConcept.text, Identifier.type.text) is normalised like string values, so
+  ``:text`` is case- and accent-insensitive on every backend. An Identifier with a typed
+  ``type.coding`` also gives a ``P:of-type`` row (type system, ``typecode|value``) for
+  ``:of-type``.
 * reference: target type and id parsed from relative or absolute references, canonical/uri
   values and ``urn:`` references as url only, contained (``#``) references skipped; a
   Reference.identifier also gives a token row for ``:identifier``.
 * date: half-open UTC interval [low, high) in epoch seconds covering the value's precision;
   open Period ends are ``-1e18``/``1e18``; Timing gives the outer limits of its events/bounds.
 * number / quantity / uri: the value (Decimal kept), Money as ISO 4217 quantity.
+* ``_id`` and ``_lastUpdated`` are not indexed: the ``resources`` table has them (``RESOURCE_COLUMNS``).
+* composite (search.html#composite): the composite's expression selects items (the resource
+  itself, or e.g. each ``Observation.component``); each component's expression is evaluated on
+  the item (``%resource.…`` on the resource) with the row builder of the component parameter's
+  type, and its rows are stored under ``P:k`` (k = component index) with the item number as
+  ``grp``, so a query can require all components to match on the same item (see
+  ``server/store/schema.py``). Component token rows carry no text (composites match codes).
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from server.search.registry import Registry, SearchParam, TypeModel, default_reg
 __all__ = [
     "NEG_INF",
     "POS_INF",
+    "RESOURCE_COLUMNS",
     "CompileError",
     "CompiledExpression",
     "IndexRows",
@@ -67,6 +79,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Parameters answered from the ``resources`` table (its id and lastUpdated columns), so not indexed.
+RESOURCE_COLUMNS = frozenset({"_id", "_lastUpdated"})
 #: Open ends of date intervals: finite so they fit SQL REAL columns, far beyond any real date.
 NEG_INF = -1e18
 POS_INF = 1e18
@@ -76,30 +90,44 @@ Fn = Callable[[Any], list[Any]]
 Emit = Callable[["IndexRows", str, Any], None]
 
 
+#: One index row: ``(param, *value columns)`` in the column order of ``server.store.base.INDEX_TABLES``
+#: (token: system, code, text; string: value, exact; reference: target_type, target_id, url;
+#: date: low, high; number: value; quantity: value, system, code, unit; uri: value), plus a
+#: trailing ``grp`` for the component rows of a composite.
+Row = tuple[Any, ...]
+
+
+_TABLES = ("token", "string", "reference", "date", "number", "quantity", "uri")
+
+
 @dataclass(slots=True)
 class IndexRows:
     """The index rows of one resource, by index table (each row starts with the parameter code)."""
 
-    token: list[tuple[str, str | None, str | None, str | None]] = field(default_factory=list)
-    string: list[tuple[str, str, str]] = field(default_factory=list)
-    reference: list[tuple[str, str | None, str | None, str]] = field(default_factory=list)
-    date: list[tuple[str, float, float]] = field(default_factory=list)
-    number: list[tuple[str, Decimal | float]] = field(default_factory=list)
-    quantity: list[tuple[str, Decimal | float, str | None, str | None, str | None]] = field(
-        default_factory=list,
-    )
-    uri: list[tuple[str, str]] = field(default_factory=list)
+    token: list[Row] = field(default_factory=list)
+    string: list[Row] = field(default_factory=list)
+    reference: list[Row] = field(default_factory=list)
+    date: list[Row] = field(default_factory=list)
+    number: list[Row] = field(default_factory=list)
+    quantity: list[Row] = field(default_factory=list)
+    uri: list[Row] = field(default_factory=list)
 
     def dedupe(self) -> None:
         """Drop repeated rows (keeping order), e.g. the same coding reached by two branches."""
-        for name in ("token", "string", "reference", "date", "number", "quantity", "uri"):
+        for name in _TABLES:
             rows = getattr(self, name)
             if len(rows) > 1:
                 setattr(self, name, list(dict.fromkeys(rows)))
 
+    def __bool__(self) -> bool:
+        return any(getattr(self, name) for name in _TABLES)
+
     def only(self, code: str) -> IndexRows:
-        """The rows of one parameter."""
-        return IndexRows(*([r for r in getattr(self, f.name) if r[0] == code] for f in fields(self)))
+        """The rows of one parameter, with its derived rows (``code:of-type``, composite ``code:k``)."""
+        derived = code + ":"
+        return IndexRows(
+            *([r for r in getattr(self, f.name) if r[0] == code or r[0].startswith(derived)] for f in fields(self))
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +195,7 @@ def _token_coding(rows: IndexRows, code: str, value: Any) -> None:
         if display.__class__ is not str or not display:
             display = None
         if system or c or display:
-            rows.token.append((code, system, c, display))
+            rows.token.append((code, system, c, normalize_string(display) if display else None))
 
 
 def _token_codeable_concept(rows: IndexRows, code: str, value: Any) -> None:
@@ -179,7 +207,7 @@ def _token_codeable_concept(rows: IndexRows, code: str, value: Any) -> None:
             _token_coding(rows, code, coding)
     text = _str(value.get("text"))
     if text:
-        rows.token.append((code, None, None, text))
+        rows.token.append((code, None, None, normalize_string(text)))
 
 
 def _token_identifier(rows: IndexRows, code: str, value: Any) -> None:
@@ -188,7 +216,14 @@ def _token_identifier(rows: IndexRows, code: str, value: Any) -> None:
     system, v = _str(value.get("system")), _str(value.get("value"))
     if system or v:
         typ = value.get("type")
-        rows.token.append((code, system, v, _str(typ.get("text")) if isinstance(typ, dict) else None))
+        text = _str(typ.get("text")) if isinstance(typ, dict) else None
+        rows.token.append((code, system, v, normalize_string(text) if text else None))
+        codings = typ.get("coding") if isinstance(typ, dict) and v else None
+        if isinstance(codings, list):
+            for coding in codings:
+                type_code = _str(coding.get("code")) if isinstance(coding, dict) else None
+                if type_code:
+                    rows.token.append((code + ":of-type", _str(coding.get("system")), f"{type_code}|{v}", None))
 
 
 def _token_contact_point(rows: IndexRows, code: str, value: Any) -> None:
@@ -1160,6 +1195,97 @@ def fhirpath_values(resource: Mapping[str, Any], expression: str) -> list[tuple[
 
 
 # --------------------------------------------------------------------------------------------
+# Composites
+
+_ON_RESOURCE = "%resource."
+
+
+class _CompositePlan:
+    """The compiled extraction of one composite parameter on one resource type.
+
+    ``items`` holds, per branch of the composite's expression, the item selector, the JSON
+    property it reads (None: always evaluated) and per component, last first, ``(param name,
+    parts)``, each part a ``(values fn, row builder, evaluated on the resource)`` triple.
+    """
+
+    __slots__ = ("code", "items")
+
+    def __init__(
+        self,
+        code: str,
+        items: Sequence[tuple[Fn, str | None, tuple[tuple[str, tuple[tuple[Fn, Emit, bool], ...]], ...]]],
+    ):
+        self.code = code
+        self.items = tuple(items)
+
+    def __call__(self, resource: Mapping[str, Any], rows: IndexRows) -> None:
+        grp = 0
+        for item_fn, key, components in self.items:
+            if key is not None and key not in resource:
+                continue
+            for item in item_fn(resource):
+                # values first, last component first (usually the value[x], present on few items):
+                # an item lacking a component has no composite value, so stop at the first gap
+                found: list[tuple[str, list[tuple[Emit, Any]]]] = []
+                for name, parts in components:
+                    values = [
+                        (emit, v) for fn, emit, on_resource in parts for v in fn(resource if on_resource else item)
+                    ]
+                    if not values:
+                        break
+                    found.append((name, values))
+                else:
+                    scratches = []
+                    for name, values in found:
+                        scratch = IndexRows()
+                        for emit, value in values:
+                            if value is not None:
+                                emit(scratch, name, value)
+                        # a composite component matches on system/code, never on text: no text rows
+                        scratch.token = [(r[0], r[1], r[2], None) for r in scratch.token if r[2] is not None]
+                        if not scratch:
+                            break
+                        scratches.append(scratch)
+                    else:
+                        grp += 1
+                        for scratch in scratches:
+                            for table in _TABLES:
+                                part = getattr(scratch, table)
+                                if part:
+                                    getattr(rows, table).extend((*row, grp) for row in part)
+
+
+def _compile_composite(
+    registry: Registry, resource_type: str, param: SearchParam, expression: str
+) -> _CompositePlan | None:
+    """The extraction plan of a composite, or None when a component is unknown or not compilable."""
+    types = registry.types
+    items = []
+    try:
+        for branch in compile_expression(expression, resource_type, types).branches:
+            components = []
+            for k, (definition, comp_expression) in enumerate(param.components):
+                component = registry.by_url(definition)
+                if component is None:
+                    log.warning("composite %s: component %s is not defined", param.url, definition)
+                    return None
+                on_resource = comp_expression.startswith(_ON_RESOURCE)
+                text = comp_expression[len(_ON_RESOURCE) :] if on_resource else comp_expression
+                compiled = compile_expression(text, resource_type if on_resource else branch.type, types)
+                parts = []
+                for b in compiled.branches:
+                    emit = _emitter(types, component.type, b.type)
+                    if emit is not None:
+                        parts.append((b.fn, emit, on_resource))
+                components.append((f"{param.code}:{k}", tuple(parts)))
+            items.append((branch.fn, branch.key, tuple(reversed(components))))
+    except CompileError as exc:
+        log.warning("composite search parameter %s on %s is not indexed: %s", param.code, resource_type, exc)
+        return None
+    return _CompositePlan(param.code, items)
+
+
+# --------------------------------------------------------------------------------------------
 # Per-resource-type extractors
 
 
@@ -1172,19 +1298,23 @@ class TypeExtractor:
     so a resource only pays for the properties it has.
     """
 
-    __slots__ = ("__weakref__", "_always", "_by_key", "fallbacks", "plan", "resource_type", "types")
+    __slots__ = ("__weakref__", "_always", "_by_key", "composites", "fallbacks", "plan", "resource_type", "types")
 
     def __init__(self, resource_type: str, registry: Registry):
         self.resource_type = resource_type
         self.types = registry.types
         plan: list[tuple[str, Fn, Emit]] = []
         fallbacks: list[tuple[SearchParam, str]] = []
+        composites: list[_CompositePlan] = []
         compiled: dict[str, CompiledExpression] = {}
         for code, param in sorted(registry.params_for(resource_type).items()):
-            if param.type in ("composite", "special"):
-                continue  # composites are matched at query time; _near etc. are not indexed here
             expression = param.expression_for(resource_type)
-            if not expression:
+            if param.type == "special" or not expression or code in RESOURCE_COLUMNS:
+                continue  # near (special), expression-less and resources-table parameters are not indexed
+            if param.type == "composite":
+                composite = _compile_composite(registry, resource_type, param, expression)
+                if composite is not None:
+                    composites.append(composite)
                 continue
             try:
                 for text in split_union(expression):
@@ -1209,6 +1339,7 @@ class TypeExtractor:
             key = keys[fn]
             (always if key is None else by_key.setdefault(key, [])).append((fn, tuple(targets)))
         self.plan = tuple(plan)
+        self.composites = tuple(composites)
         self.fallbacks = tuple(fallbacks)
         self._by_key = {k: tuple(v) for k, v in by_key.items()}
         self._always = tuple(always)
@@ -1233,6 +1364,8 @@ class TypeExtractor:
                     for value in values:
                         if value is not None:
                             emit(rows, code, value)
+        for composite in self.composites:
+            composite(resource, rows)
         for param, expression in self.fallbacks:
             try:
                 values = fhirpath_values(resource, expression)

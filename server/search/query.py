@@ -1,34 +1,103 @@
 """Parsed search -> SQL over the index tables (http://hl7.org/fhir/R4/search.html).
 
 A search is parsed against the registry (:mod:`server.search.registry`): every parameter is
-looked up for the resource type and handled by its ``type`` — never by resource-type name.
-Each parameter becomes one ``rid IN (…)`` clause on its index table (values of one parameter
-are OR-ed, repeated parameters AND-ed). Results are current, non-deleted resources only.
+looked up for the resource type(s) searched and handled by its ``type`` — never by resource-type
+name. Each parameter occurrence becomes one condition ``r.rid [NOT] IN (subquery)`` on the
+``resources`` row (values of one parameter, comma-separated, are OR-ed; repeated parameters are
+AND-ed), and a search returns current, non-deleted resources only: index rows exist for current
+versions alone (``server/store/base.py``) and the ``resources`` row must not be a tombstone.
 
-Implemented here (the rest of the spec arrives with the search issue): string (default
-starts-with, ``:exact``, ``:contains``), token (``code``, ``system|code``, ``|code``,
-``system|``, ``:not``, ``:text``), reference (``Type/id``, ``id``, absolute URL, ``:[type]``),
-date (prefixes eq ne gt lt ge le sa eb ap, partial precision as a range), number and quantity
-(prefixes, implicit precision range), uri (``:below``, ``:above``), ``:missing`` on all of them,
-and the common parameters (``_id`` on the resources table, ``_lastUpdated``, ``_tag``,
-``_profile`` … through their index rows). Paging is keyset paging on the insertion order, which stays
-correct while data changes.
+Parameter types (search.html#ptypes) and modifiers (#modifiers):
+
+* string: starts-with on the normalised value (case/accent-insensitive; a byte-order range, so
+  an index serves it), ``:exact`` (as written), ``:contains``.
+* token: ``code``, ``system|code``, ``|code`` (no system), ``system|``; ``:not`` (no matching
+  value, including no value at all), ``:text`` (display / CodeableConcept.text /
+  Identifier.type.text, normalised: starts-with on the text or on one of its words),
+  ``:of-type`` (``type-system|type-code|value`` of an Identifier).
+* reference: ``Type/id``, ``id``, an absolute URL (matched as written, or by its ``Type/id``
+  tail), canonical ``url|version``; ``:[type]``, ``:identifier`` (Reference.identifier).
+  Chains of any depth (``subject:Patient.name=x``, ``subject.organization.name=y``: without a
+  type modifier, every target type that defines the next parameter is tried) and reverse
+  chains ``_has:Type:param:…`` (nested).
+* date: prefixes with the spec's range semantics (#prefix): the search value and the indexed
+  value are both ranges (the value's precision; Period start/end; Timing's outer bounds) —
+  eq: search range contains the value; ne: not eq; gt/lt: the value overlaps the range
+  above/below the search range; ge/le: gt/lt or eq; sa/eb: the value lies wholly after/before
+  the search range; ap: overlap with the search range widened by 10 % of its distance from now.
+* number, quantity: eq/ne with the implicit precision of the search value (``100`` is
+  [99.5, 100.5)), gt lt ge le sa eb on the exact value, ap ±10 %; quantity
+  ``value|system|code`` (system and code must match), ``value||code`` (code or unit),
+  ``value`` (any unit). No unit conversion.
+* uri: exact, ``:below`` (prefix), ``:above`` (the value is a prefix of the search value).
+* composite: ``c1$c2[$c3]``, each component parsed by its component parameter's type; all
+  components must match the same item (rows grouped by ``grp``, see ``server/store/schema.py``).
+* ``:missing=true|false`` on every type.
+* special (``near``): not supported — reported as an ignored parameter.
+
+Common parameters: ``_id`` and ``_lastUpdated`` (columns of the resources table: ``res_id``,
+``ts``), ``_tag``, ``_profile``, ``_security``, ``_source`` (through their index rows).
+``_text``, ``_content``, ``_query``, ``_list``, ``_filter`` are not supported (reported). An
+unsupported *modifier* is always a 400, as ignoring it would change what matches.
+
+Paging and sorting SQL: the page query selects ``(rid, res_type, res_id, sort keys…)``; a sort
+key is a correlated ``MIN``/``MAX`` over the parameter's index rows (served from the
+``(rid, param, grp, value)`` index), computed once per match in a ``MATERIALIZED`` CTE before
+the keyset condition and ``ORDER BY``. Without ``_sort`` the order is ``rid`` (insertion order)
+and the first page of a selective search reads only the matching index entries.
+
+Result parameters (#return) parsed here: ``_sort`` (several keys, ``-`` for descending; dates
+sort by their low bound ascending and their high bound descending, strings by the normalised
+value, tokens by code, numbers/quantities by value, references by the reference as written,
+``_id``, ``_lastUpdated``; resources without a value come last either way), ``_include`` /
+``_revinclude`` (``Type:param[:target]``, ``Type:*``, ``*``, ``:iterate``).
+
+Paging is keyset paging, chosen over a stored snapshot: a page is "the next ``_count`` rows
+after this one in the sort order", the cursor (``_cursor``) carrying the sort-key values and
+row id (``rid``, the tie-breaker) of the page's last row — or its first row, for a previous
+link. Nothing is stored on the server, searches stay read-only (SQLite has one writer), links
+never expire, and while data changes a page never repeats or skips a resource that kept its
+place in the order; resources written meanwhile appear where they sort.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import itertools
+import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from server.errors import BadRequest, Issue
+from server.search.compartments import SELF, Compartment
 from server.search.extract import date_range as extracted_date_range
 from server.search.extract import normalize_string
 from server.search.registry import Registry, SearchParam
 
-__all__ = ["RESULT_PARAMS", "SUPPORTED_TYPES", "Clause", "ParsedSearch", "build_sql", "date_range", "parse_search"]
+__all__ = [
+    "MAX_CHAIN_DEPTH",
+    "RESULT_PARAMS",
+    "SUPPORTED_TYPES",
+    "UNSUPPORTED_COMMON",
+    "Clause",
+    "Cursor",
+    "IncludeSpec",
+    "ParsedSearch",
+    "SortKey",
+    "build_sql",
+    "compartment_clause",
+    "count_sql",
+    "date_range",
+    "include_sql",
+    "page_sql",
+    "parse_search",
+    "revinclude_sql",
+    "searchable",
+]
 
 #: Result and control parameters (search.html#return); handled by the search interaction.
 RESULT_PARAMS = frozenset(
@@ -49,33 +118,96 @@ RESULT_PARAMS = frozenset(
     }
 )
 
-#: Parameter types this module searches; composite and special ones are reported as unsupported.
-SUPPORTED_TYPES = frozenset({"string", "token", "reference", "date", "number", "quantity", "uri"})
+#: Parameter types this module searches; ``special`` (``near``) is reported as unsupported.
+SUPPORTED_TYPES = frozenset({"string", "token", "reference", "date", "number", "quantity", "uri", "composite"})
+#: Common parameters this server does not support (reported like unknown ones).
+UNSUPPORTED_COMMON = frozenset({"_text", "_content", "_query", "_list", "_filter"})
+#: Supported modifiers per parameter type (``:[type]`` on references is checked separately).
+_MODIFIERS: Mapping[str, frozenset[str]] = {
+    "string": frozenset({"exact", "contains", "missing"}),
+    "token": frozenset({"not", "text", "of-type", "missing"}),
+    "reference": frozenset({"identifier", "missing"}),
+    "date": frozenset({"missing"}),
+    "number": frozenset({"missing"}),
+    "quantity": frozenset({"missing"}),
+    "uri": frozenset({"below", "above", "missing"}),
+    "composite": frozenset({"missing"}),
+}
+MAX_CHAIN_DEPTH = 4
+
+
+def searchable(sp: SearchParam, resource_type: str) -> bool:
+    """True when this module searches ``sp`` on ``resource_type`` (the CapabilityStatement lists these)."""
+    return sp.type in SUPPORTED_TYPES and sp.code not in UNSUPPORTED_COMMON and bool(sp.expression_for(resource_type))
+
 
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
-_BIG = 1e18
+#: Upper end of a byte-order prefix range: no UTF-8 string sorts after ``prefix + _TOP``.
+_TOP = "\U0010ffff"
+#: sort value column per parameter type: (ascending key, descending key) as (aggregate, column)
+_SORT_COLUMNS: Mapping[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "date": (("MIN", "low"), ("MAX", "high")),
+    "string": (("MIN", "value"), ("MAX", "value")),
+    "token": (("MIN", "code"), ("MAX", "code")),
+    "number": (("MIN", "value"), ("MAX", "value")),
+    "quantity": (("MIN", "value"), ("MAX", "value")),
+    "uri": (("MIN", "value"), ("MAX", "value")),
+    "reference": (("MIN", "url"), ("MAX", "url")),
+}
 
 
 @dataclass
 class Clause:
-    """One parameter occurrence: a SQL condition on ``r`` (resources alias) and its values."""
+    """One parameter occurrence: a SQL condition on the ``resources`` alias and its values."""
 
     sql: str
     params: list[Any]
 
 
+@dataclass(frozen=True)
+class SortKey:
+    """One ``_sort`` key: a SQL expression on alias ``r`` (NULL when the resource has no value)."""
+
+    name: str
+    descending: bool
+    sql: str
+    params: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class IncludeSpec:
+    """One ``_include``/``_revinclude`` value; None means ``*`` (any type / any parameter)."""
+
+    source: str | None
+    param: str | None
+    target: str | None
+    iterate: bool
+    reverse: bool
+
+
 @dataclass
 class ParsedSearch:
+    """A parsed search over one resource type (``types`` has several for system-level search)."""
+
     resource_type: str
+    types: tuple[str, ...] = ()
     clauses: list[Clause] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     control: dict[str, list[str]] = field(default_factory=dict)
+    sort: list[SortKey] = field(default_factory=list)
+    includes: list[IncludeSpec] = field(default_factory=list)
+    notes: list[Issue] = field(default_factory=list)
+    all_types: bool = False  # system-level search without _type: no type filter
+
+    def __post_init__(self) -> None:
+        if not self.types and self.resource_type:
+            self.types = (self.resource_type,)
 
     def warnings(self) -> list[Issue]:
         return [
             Issue(f"Unknown or unsupported search parameter '{name}' ignored", severity="warning", code="not-supported")
             for name in self.unknown
-        ]
+        ] + self.notes
 
 
 # -- value parsing -------------------------------------------------------------------------
@@ -89,48 +221,50 @@ def date_range(value: str) -> tuple[float, float]:
     return float(found[0]), float(found[1])
 
 
+def _split_escaped(raw: str, sep: str) -> list[str]:
+    """Split on ``sep`` not preceded by a backslash, keeping escapes (search.html#escaping)."""
+    out, buf, i = [], [], 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw):
+            buf.append(raw[i : i + 2])
+            i += 2
+            continue
+        if ch == sep:
+            out.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+        i += 1
+    out.append("".join(buf))
+    return out
+
+
+def _unescape(value: str) -> str:
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "\\" and i + 1 < len(value):
+            out.append(value[i + 1])
+            i += 2
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
+
+
+def _split_or(raw: str) -> list[str]:
+    """A parameter's comma-separated values (escapes of ``|`` and ``$`` kept for the type parsers)."""
+    return [v for v in _split_escaped(raw, ",") if v != ""]
+
+
 def _split_prefix(value: str) -> tuple[str, str]:
     if len(value) > 2 and value[:2] in _PREFIXES and (value[2].isdigit() or value[2] in "-+."):
         return value[:2], value[2:]
     return "eq", value
 
 
-def _range_condition(prefix: str, lo_col: str, hi_col: str, low: Any, high: Any) -> tuple[str, list[Any]]:
-    """Spec semantics of prefixes against a stored range [lo_col, hi_col) and a search range [low, high)."""
-    if prefix == "eq":
-        return f"({lo_col} >= ? AND {hi_col} <= ?)", [low, high]
-    if prefix == "ne":
-        return f"NOT ({lo_col} >= ? AND {hi_col} <= ?)", [low, high]
-    if prefix == "gt":
-        return f"{hi_col} > ?", [high]
-    if prefix == "lt":
-        return f"{lo_col} < ?", [low]
-    if prefix == "ge":
-        return f"{hi_col} > ?", [low]
-    if prefix == "le":
-        return f"{lo_col} < ?", [high]
-    if prefix == "sa":
-        return f"{lo_col} >= ?", [high]
-    if prefix == "eb":
-        return f"{hi_col} <= ?", [low]
-    # ap: overlapping the search range widened by 10% of its distance from now (search.html#prefix)
-    span = max(high - low, abs(time.time() - low) * 0.1)
-    return f"({lo_col} < ? AND {hi_col} > ?)", [high + span, low - span]
-
-
-def _number_condition(prefix: str, text: str) -> tuple[str, list[Any]]:
-    """Prefixes on a stored point value (search.html#number): eq/ne use the implicit precision."""
-    low, high = _number_range(text)
-    exact = float(Decimal(text))
-    if prefix == "eq":
-        return "value >= ? AND value < ?", [float(low), float(high)]
-    if prefix == "ne":
-        return "NOT (value >= ? AND value < ?)", [float(low), float(high)]
-    if prefix == "ap":
-        margin = abs(exact) * 0.1
-        return "value >= ? AND value <= ?", [exact - margin, exact + margin]
-    op = {"gt": ">", "sa": ">", "lt": "<", "eb": "<", "ge": ">=", "le": "<="}[prefix]
-    return f"value {op} ?", [exact]
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _number_range(text: str) -> tuple[Decimal, Decimal]:
@@ -139,180 +273,689 @@ def _number_range(text: str) -> tuple[Decimal, Decimal]:
         value = Decimal(text)
     except InvalidOperation as exc:
         raise ValueError(f"'{text}' is not a number") from exc
+    if not value.is_finite():
+        raise ValueError(f"'{text}' is not a number")
     exponent = value.as_tuple().exponent
     half = Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else Decimal(0)
     return value - half, value + half
 
 
-# -- per parameter type --------------------------------------------------------------------
+# -- conditions on one index row (``p`` is the column prefix, e.g. "c0.") ---------------------
 
 
-def _index_subquery(table: str, param: str, res_type: str, condition: str, cparams: list[Any]) -> Clause:
-    return Clause(
-        f"r.rid IN (SELECT rid FROM idx_{table} WHERE param = ? AND res_type = ? AND ({condition}))",
-        [param, res_type, *cparams],
-    )
+def _range_condition(
+    p: str, prefix: str, low: float, high: float, lo: str | None = None, hi: str | None = None
+) -> tuple[str, list[Any]]:
+    """search.html#prefix for a stored range [lo, hi) against a search range [low, high)."""
+    lo, hi = lo or f"{p}low", hi or f"{p}high"
+    contained = f"({lo} >= ? AND {hi} <= ?)"
+    if prefix == "eq":
+        return contained, [low, high]
+    if prefix == "ne":
+        return f"NOT {contained}", [low, high]
+    if prefix == "gt":
+        return f"{hi} > ?", [high]
+    if prefix == "lt":
+        return f"{lo} < ?", [low]
+    if prefix == "ge":
+        return f"({hi} > ? OR {contained})", [high, low, high]
+    if prefix == "le":
+        return f"({lo} < ? OR {contained})", [low, low, high]
+    if prefix == "sa":
+        return f"{lo} >= ?", [high]
+    if prefix == "eb":
+        return f"{hi} <= ?", [low]
+    # ap: overlapping the search range widened by 10% of its distance from now
+    span = max(high - low, abs(time.time() - low) * 0.1)
+    return f"({lo} < ? AND {hi} > ?)", [high + span, low - span]
 
 
-def _token_condition(value: str, modifier: str | None) -> tuple[str, list[Any]]:
+def _number_condition(p: str, prefix: str, text: str) -> tuple[str, list[Any]]:
+    """Prefixes on a stored point value (search.html#number): eq/ne use the implicit precision."""
+    low, high = _number_range(text)
+    exact = Decimal(text)
+    col = f"{p}value"
+    if prefix == "eq":
+        return f"({col} >= ? AND {col} < ?)", [low, high]
+    if prefix == "ne":
+        return f"NOT ({col} >= ? AND {col} < ?)", [low, high]
+    if prefix == "ap":
+        margin = abs(exact) * Decimal("0.1")
+        return f"({col} >= ? AND {col} <= ?)", [exact - margin, exact + margin]
+    op = {"gt": ">", "sa": ">", "lt": "<", "eb": "<", "ge": ">=", "le": "<="}[prefix]
+    return f"{col} {op} ?", [exact]
+
+
+def _token_condition(p: str, value: str, modifier: str | None) -> tuple[str, list[Any]]:
     if modifier == "text":
-        return "LOWER(text) LIKE ?", [normalize_string(value) + "%"]
-    if "|" in value:
-        system, code = value.split("|", 1)
-        if system == "":
-            return "(system IS NULL AND code = ?)", [code]
-        if code == "":
-            return "system = ?", [system]
-        return "(system = ? AND code = ?)", [system, code]
-    return "code = ?", [value]
+        text = normalize_string(_unescape(value))
+        pattern = _like_escape(text)
+        return f"({p}text LIKE ? ESCAPE '\\' OR {p}text LIKE ? ESCAPE '\\')", [f"{pattern}%", f"% {pattern}%"]
+    if modifier == "of-type":
+        parts = [_unescape(v) for v in _split_escaped(value, "|")]
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"':of-type' takes type-system|type-code|value, not '{value}'")
+        return f"({p}system = ? AND {p}code = ?)", [parts[0], f"{parts[1]}|{parts[2]}"]
+    parts = _split_escaped(value, "|")
+    if len(parts) == 1:
+        return f"{p}code = ?", [_unescape(value)]
+    system, code = _unescape(parts[0]), _unescape("|".join(parts[1:]))
+    if system == "":
+        return f"({p}system IS NULL AND {p}code = ?)", [code]
+    if code == "":
+        return f"{p}system = ?", [system]
+    return f"({p}code = ? AND {p}system = ?)", [code, system]
 
 
-def _reference_condition(value: str, modifier: str | None, sp: SearchParam) -> tuple[str, list[Any]]:
+def _reference_condition(p: str, value: str, modifier: str | None) -> tuple[str, list[Any]]:
+    value = _unescape(value)
+    if "/_history/" in value:
+        value = value.split("/_history/", 1)[0]
     if value.startswith(("http://", "https://", "urn:")):
-        parts = value.rstrip("/").split("/")
-        if len(parts) >= 2 and parts[-2][:1].isupper() and not value.startswith("urn:"):
-            return "(url = ? OR (target_type = ? AND target_id = ?))", [value, parts[-2], parts[-1]]
-        return "url = ?", [value]
+        url, _, version = value.partition("|")
+        urls = [value] if not version else [value, url]
+        parts = url.rstrip("/").split("/")
+        marks = ", ".join("?" for _ in urls)
+        if len(parts) >= 2 and parts[-2][:1].isupper() and not url.startswith("urn:") and not version:
+            return f"({p}url IN ({marks}) OR ({p}target_id = ? AND {p}target_type = ?))", [*urls, parts[-1], parts[-2]]
+        return f"{p}url IN ({marks})", urls
     if "/" in value:
         target_type, target_id = value.split("/", 1)
-        return "(target_type = ? AND target_id = ?)", [target_type, target_id]
-    if modifier and modifier[:1].isupper():
-        return "(target_type = ? AND target_id = ?)", [modifier, value]
-    return "target_id = ?", [value]
+        if modifier and modifier != target_type:
+            raise ValueError(f"'{value}' is not a {modifier} reference")
+        return f"({p}target_id = ? AND {p}target_type = ?)", [target_id, target_type]
+    if modifier:
+        return f"({p}target_id = ? AND {p}target_type = ?)", [value, modifier]
+    return f"{p}target_id = ?", [value]
 
 
-def _condition(sp: SearchParam, value: str, modifier: str | None) -> tuple[str, str, list[Any]]:
-    """(index table, SQL condition, params) for one value of one parameter."""
-    kind = sp.type
-    if kind == "string":
-        if modifier == "exact":
-            return "string", "exact = ?", [value]
-        pattern = normalize_string(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
-        return "string", "value LIKE ? ESCAPE '\\'", [pattern]
-    if kind == "token":
-        cond, params = _token_condition(value, modifier)
-        return "token", cond, params
-    if kind == "reference":
-        cond, params = _reference_condition(value, modifier, sp)
-        return "reference", cond, params
-    if kind == "uri":
-        if modifier == "below":
-            return "uri", "value LIKE ?", [value.replace("%", "") + "%"]
-        if modifier == "above":
-            return "uri", "? LIKE value || '%'", [value]
-        return "uri", "value = ?", [value]
-    if kind == "date":
+def _uri_condition(p: str, value: str, modifier: str | None) -> tuple[str, list[Any]]:
+    value = _unescape(value)
+    col = f"{p}value"
+    if modifier == "below":
+        return f"({col} >= ? AND {col} < ?)", [value, value + _TOP]
+    if modifier == "above":
+        return f"(? >= {col} AND substr(?, 1, length({col})) = {col})", [value, value]
+    return f"{col} = ?", [value]
+
+
+def _quantity_condition(p: str, kind: str, value: str) -> tuple[str, list[Any]]:
+    prefix, text = _split_prefix(value)
+    number, system, code = text, "", ""
+    if kind == "quantity":
+        parts = [_unescape(v) for v in _split_escaped(text, "|")]
+        if len(parts) > 3:
+            raise ValueError(f"'{value}' is not number|system|code")
+        number, system, code = [*parts, "", ""][:3]
+    cond, params = _number_condition(p, prefix, number)
+    if system:
+        cond += f" AND {p}system = ?"
+        params.append(system)
+    if code:
+        cond += f" AND {p}code = ?" if system else f" AND ({p}code = ? OR {p}unit = ?)"
+        params.extend([code] if system else [code, code])
+    return f"({cond})", params
+
+
+def _string_condition(p: str, value: str, modifier: str | None) -> tuple[str, list[Any]]:
+    value = _unescape(value)
+    if modifier == "exact":
+        return f"({p}value = ? AND {p}exact = ?)", [normalize_string(value), value]
+    text = normalize_string(value)
+    if modifier == "contains":
+        return f"{p}value LIKE ? ESCAPE '\\'", [f"%{_like_escape(text)}%"]
+    return f"({p}value >= ? AND {p}value < ?)", [text, text + _TOP]
+
+
+def _value_condition(p: str, sp_type: str, value: str, modifier: str | None) -> tuple[str, str, list[Any]]:
+    """(index table, SQL condition, params) of one value of a non-composite parameter type."""
+    if sp_type == "string":
+        return ("string", *_string_condition(p, value, modifier))
+    if sp_type == "token":
+        return ("token", *_token_condition(p, value, modifier))
+    if sp_type == "reference":
+        return ("reference", *_reference_condition(p, value, modifier))
+    if sp_type == "uri":
+        return ("uri", *_uri_condition(p, value, modifier))
+    if sp_type == "date":
         prefix, text = _split_prefix(value)
         low, high = date_range(text)
-        cond, params = _range_condition(prefix, "low", "high", low, high)
-        return "date", cond, params
-    if kind in ("number", "quantity"):
-        prefix, text = _split_prefix(value)
-        number, system, code = text, "", ""
-        if kind == "quantity" and "|" in text:
-            number, system, code = [*text.split("|", 2), "", ""][:3]
-        cond, params = _number_condition(prefix, number)
-        if system:
-            cond += " AND system = ?"
-            params.append(system)
-        if code:
-            cond += " AND code = ?" if system else " AND (code = ? OR unit = ?)"
-            params.extend([code] if system else [code, code])
-        return kind, f"({cond})", params
-    raise BadRequest(f"Search parameter '{sp.code}' of type '{kind}' is not supported yet")
+        return ("date", *_range_condition(p, prefix, low, high))
+    if sp_type in ("number", "quantity"):
+        return (sp_type, *_quantity_condition(p, sp_type, value))
+    raise ValueError(f"parameters of type '{sp_type}' are not searchable")
 
 
-def _param_clause(res_type: str, sp: SearchParam, modifier: str | None, raw: str) -> Clause:
-    if modifier == "missing":
-        table = {"composite": "token", "special": "token"}.get(sp.type, sp.type)
-        inner = f"SELECT rid FROM idx_{table} WHERE param = ? AND res_type = ?"
-        negate = raw.lower() == "true"
+# -- the parser ------------------------------------------------------------------------------
+
+
+def _scope_sql(column: str, types: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """``column`` restricted to ``types`` (None: any type)."""
+    if types is None:
+        return "", []
+    if len(types) == 1:
+        return f" AND {column} = ?", [types[0]]
+    return f" AND {column} IN ({', '.join('?' for _ in types)})", list(types)
+
+
+class _Unsupported(Exception):
+    """This parameter is unknown or unsupported here (reported, or a 400 in strict mode)."""
+
+
+class _Parser:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self._aliases = itertools.count(1)
+
+    def alias(self, prefix: str) -> str:
+        return f"{prefix}{next(self._aliases)}"
+
+    # one parameter occurrence on resources alias ``a`` of ``types`` -----------------------
+    def clause(self, a: str, types: Sequence[str] | None, key: str, raw: str, depth: int = 0) -> Clause:
+        if depth > MAX_CHAIN_DEPTH:
+            raise BadRequest(f"'{key}': chains and _has nest at most {MAX_CHAIN_DEPTH} levels")
+        if key.startswith("_has:"):
+            return self.has_clause(a, types, key, raw, depth)
+        head, dot, rest = key.partition(".")
+        name, _, modifier = head.partition(":")
+        if name == "_id" and not dot:
+            return self.id_clause(a, modifier, raw)
+        if name == "_lastUpdated" and not dot:
+            return self.last_updated_clause(a, modifier, raw)
+        if name in UNSUPPORTED_COMMON or name == "_has":
+            raise _Unsupported
+        params = self.lookup(types, name)
+        if dot:
+            return self.chain_clause(a, types, params, name, modifier, rest, raw, depth)
+        return self.param_clause(a, params, modifier or None, raw)
+
+    def lookup(self, types: Sequence[str] | None, name: str) -> list[tuple[Sequence[str] | None, SearchParam]]:
+        """The parameter ``name`` on every type searched, grouped by definition: [(types, param)].
+
+        Unknown (on any of the types), unsupported types and expression-less parameters raise
+        :class:`_Unsupported`.
+        """
+        if types is None:
+            sp = self.registry.get("Resource", name) or _common(self.registry, name)
+            if sp is None or sp.type not in SUPPORTED_TYPES or not sp.expression:
+                raise _Unsupported
+            return [(None, sp)]
+        groups: dict[str, tuple[list[str], SearchParam]] = {}
+        kinds = set()
+        for t in types:
+            sp = self.registry.get(t, name)
+            if sp is None or not searchable(sp, t):
+                raise _Unsupported
+            kinds.add(sp.type)
+            groups.setdefault(sp.url, ([], sp))[0].append(t)
+        if len(kinds) > 1:
+            raise _Unsupported  # the same code with different types: ambiguous across _type
+        return [(tuple(ts), sp) for ts, sp in groups.values()]
+
+    def id_clause(self, a: str, modifier: str, raw: str) -> Clause:
+        ids = [_unescape(v) for v in _split_or(raw)]
+        if modifier == "missing":
+            return Clause("1 = 1" if raw.lower() == "false" else "1 = 0", [])
+        if modifier not in ("", "not"):
+            raise BadRequest(f"Modifier ':{modifier}' is not supported on _id")
+        if not ids:
+            return Clause("1 = 1", [])
+        marks = ", ".join("?" for _ in ids)
+        return Clause(f"{a}.res_id {'NOT ' if modifier else ''}IN ({marks})", ids)
+
+    def last_updated_clause(self, a: str, modifier: str, raw: str) -> Clause:
+        """``_lastUpdated`` on the resources table's ``ts`` (the instant meta.lastUpdated shows)."""
+        if modifier == "missing":
+            return Clause("1 = 1" if raw.lower() == "false" else "1 = 0", [])
+        if modifier:
+            raise BadRequest(f"Modifier ':{modifier}' is not supported on _lastUpdated")
+        ors: list[str] = []
+        params: list[Any] = []
+        for value in _split_or(raw):
+            prefix, text = _split_prefix(value)
+            try:
+                low, high = date_range(text)
+            except ValueError as exc:
+                raise BadRequest(f"Invalid value for search parameter '_lastUpdated': {exc}") from exc
+            cond, ps = _range_condition(f"{a}.", prefix, low, high, lo=f"{a}.ts", hi=f"{a}.ts")
+            ors.append(cond)
+            params += ps
+        return Clause("(" + " OR ".join(ors) + ")", params) if ors else Clause("1 = 1", [])
+
+    def param_clause(
+        self, a: str, params: list[tuple[Sequence[str] | None, SearchParam]], modifier: str | None, raw: str
+    ) -> Clause:
+        parts = [self.one_param(a, types, sp, modifier, raw) for types, sp in params]
+        if len(parts) == 1:
+            return parts[0]
+        return Clause("(" + " OR ".join(c.sql for c in parts) + ")", [x for c in parts for x in c.params])
+
+    def one_param(self, a: str, types: Sequence[str] | None, sp: SearchParam, modifier: str | None, raw: str) -> Clause:
+        kind = sp.type
+        allowed = _MODIFIERS.get(kind, frozenset())
+        type_modifier = kind == "reference" and modifier is not None and modifier[:1].isupper()
+        if modifier is not None and modifier not in allowed and not type_modifier:
+            raise BadRequest(f"Modifier ':{modifier}' is not supported on search parameter '{sp.code}' ({kind})")
+        if type_modifier and sp.target and modifier not in sp.target:
+            raise BadRequest(f"'{sp.code}' cannot refer to a {modifier} (targets: {', '.join(sp.target)})")
+        scope, scope_params = _scope_sql("res_type", types)
+        if modifier == "missing":
+            return self.missing_clause(a, sp, scope, scope_params, raw)
+        values = _split_or(raw)
+        if not values:
+            return Clause("1 = 1", [])
+        try:
+            if kind == "composite":
+                return self.composite_clause(a, types, sp, values)
+            if kind == "token" and modifier == "not":
+                conds = [_token_condition("", v, None) for v in values]
+                cond = " OR ".join(c for c, _ in conds)
+                return Clause(
+                    f"{a}.rid NOT IN (SELECT rid FROM idx_token WHERE param = ?{scope} AND ({cond}))",
+                    [sp.code, *scope_params, *[x for _, ps in conds for x in ps]],
+                )
+            if kind == "reference" and modifier == "identifier":
+                conds = [_token_condition("", v, None) for v in values]
+                table = "token"
+            elif kind == "token" and modifier == "of-type":
+                conds = [_token_condition("", v, "of-type") for v in values]
+                cond = " OR ".join(c for c, _ in conds)
+                return Clause(
+                    f"{a}.rid IN (SELECT rid FROM idx_token WHERE param = ?{scope} AND ({cond}))",
+                    [f"{sp.code}:of-type", *scope_params, *[x for _, ps in conds for x in ps]],
+                )
+            else:
+                found = [_value_condition("", kind, v, modifier) for v in values]
+                table = found[0][0]
+                conds = [(c, ps) for _, c, ps in found]
+        except (ValueError, InvalidOperation) as exc:
+            raise BadRequest(f"Invalid value for search parameter '{sp.code}': {exc}") from exc
+        cond = " OR ".join(c for c, _ in conds)
+        return Clause(
+            f"{a}.rid IN (SELECT rid FROM idx_{table} WHERE param = ?{scope} AND ({cond}))",
+            [sp.code, *scope_params, *[x for _, ps in conds for x in ps]],
+        )
+
+    def missing_clause(self, a: str, sp: SearchParam, scope: str, scope_params: list[Any], raw: str) -> Clause:
         if raw.lower() not in ("true", "false"):
             raise BadRequest(f"':missing' takes true or false, not '{raw}'")
-        return Clause(f"r.rid {'NOT ' if negate else ''}IN ({inner})", [sp.code, res_type])
-    values = _split_or(raw)
-    if sp.type == "token" and modifier == "not":
-        table = "token"
-        ors = [_token_condition(v, None) for v in values]
-        cond = " OR ".join(c for c, _ in ors)
-        return Clause(
-            f"r.rid NOT IN (SELECT rid FROM idx_{table} WHERE param = ? AND res_type = ? AND ({cond}))",
-            [sp.code, res_type, *[p for _, ps in ors for p in ps]],
+        negate = "NOT " if raw.lower() == "true" else ""
+        if sp.type == "composite":
+            first = self.registry.by_url(sp.components[0][0]) if sp.components else None
+            table = first.type if first is not None else "token"
+            sub = f"SELECT rid FROM idx_{table} WHERE param = ?{scope}"
+            return Clause(f"{a}.rid {negate}IN ({sub})", [f"{sp.code}:0", *scope_params])
+        sub = f"SELECT rid FROM idx_{sp.type} WHERE param = ?{scope}"
+        params: list[Any] = [sp.code, *scope_params]
+        if sp.type == "reference":  # a reference given only by identifier has a token row
+            sub += f" UNION ALL SELECT rid FROM idx_token WHERE param = ?{scope}"
+            params += [sp.code, *scope_params]
+        return Clause(f"{a}.rid {negate}IN ({sub})", params)
+
+    def composite_clause(self, a: str, types: Sequence[str] | None, sp: SearchParam, values: list[str]) -> Clause:
+        components = []
+        for definition, _ in sp.components:
+            comp = self.registry.by_url(definition)
+            if comp is None or comp.type not in SUPPORTED_TYPES or comp.type == "composite":
+                raise _Unsupported
+            components.append(comp)
+        tables = [comp.type for comp in components]
+        scope, scope_params = _scope_sql("c0.res_type", types)
+        joins = " ".join(
+            f"JOIN idx_{tables[k]} c{k} ON c{k}.rid = c0.rid AND c{k}.grp = c0.grp AND c{k}.param = ?"
+            for k in range(1, len(tables))
         )
-    parts = []
-    table = ""
-    for v in values:
-        try:
-            table, cond, params = _condition(sp, v, modifier)
-        except ValueError as exc:
-            raise BadRequest(f"Invalid value for search parameter '{sp.code}': {exc}") from exc
-        parts.append((cond, params))
-    cond = " OR ".join(c for c, _ in parts)
-    return _index_subquery(table, sp.code, res_type, cond, [p for _, ps in parts for p in ps])
+        join_params = [f"{sp.code}:{k}" for k in range(1, len(tables))]
+        ors: list[str] = []
+        or_params: list[Any] = []
+        for value in values:
+            parts = _split_escaped(value, "$")
+            if len(parts) != len(components):
+                raise ValueError(f"'{value}' needs {len(components)} components separated by '$'")
+            conds = []
+            for k, (comp, part) in enumerate(zip(components, parts, strict=True)):
+                _, cond, ps = _value_condition(f"c{k}.", comp.type, part, None)
+                conds.append(cond)
+                or_params.extend(ps)
+            ors.append("(" + " AND ".join(conds) + ")")
+        sql = (
+            f"{a}.rid IN (SELECT c0.rid FROM idx_{tables[0]} c0 {joins} "
+            f"WHERE c0.param = ?{scope} AND ({' OR '.join(ors)}))"
+        )
+        return Clause(sql, [*join_params, f"{sp.code}:0", *scope_params, *or_params])
+
+    def chain_clause(
+        self,
+        a: str,
+        types: Sequence[str] | None,
+        params: list[tuple[Sequence[str] | None, SearchParam]],
+        name: str,
+        modifier: str,
+        rest: str,
+        raw: str,
+        depth: int,
+    ) -> Clause:
+        """``name[:Type].rest``: the reference's target must match ``rest`` (search.html#chaining)."""
+        ors: list[str] = []
+        out_params: list[Any] = []
+        next_name = rest.partition(".")[0].partition(":")[0]
+        for group_types, sp in params:
+            if sp.type != "reference":
+                raise BadRequest(f"'{name}' is not a reference parameter and cannot be chained")
+            if modifier and not modifier[:1].isupper():
+                raise BadRequest(f"Chained parameter '{name}' takes a resource type modifier, not ':{modifier}'")
+            targets = [modifier] if modifier else list(sp.target)
+            if modifier and sp.target and modifier not in sp.target:
+                raise BadRequest(f"'{name}' cannot refer to a {modifier} (targets: {', '.join(sp.target)})")
+            if not modifier:  # every target type on which the next parameter exists
+                targets = [t for t in targets if _defines(self.registry, t, next_name)]
+            x = self.alias("x")
+            scope, scope_params = _scope_sql(f"{x}.res_type", group_types)
+            t_parts: list[str] = []
+            t_params: list[Any] = []
+            for target in targets:
+                c = self.alias("c")
+                try:
+                    inner = self.clause(c, (target,), rest, raw, depth + 1)
+                except _Unsupported:
+                    if modifier:
+                        raise
+                    continue
+                t_parts.append(
+                    f"({x}.target_type = ? AND {x}.target_id IN (SELECT {c}.res_id FROM resources {c} "
+                    f"WHERE {c}.res_type = ? AND {c}.deleted = 0 AND {inner.sql}))"
+                )
+                t_params += [target, target, *inner.params]
+            if not t_parts:
+                raise _Unsupported
+            ors.append(
+                f"{a}.rid IN (SELECT {x}.rid FROM idx_reference {x} WHERE {x}.param = ?{scope} "
+                f"AND ({' OR '.join(t_parts)}))"
+            )
+            out_params += [sp.code, *scope_params, *t_params]
+        sql = ors[0] if len(ors) == 1 else "(" + " OR ".join(ors) + ")"
+        return Clause(sql, out_params)
+
+    def has_clause(self, a: str, types: Sequence[str] | None, key: str, raw: str, depth: int) -> Clause:
+        """``_has:Type:param:rest``: resources referenced by a ``Type`` matching ``rest`` (#has)."""
+        parts = key.split(":", 3)
+        if len(parts) != 4 or not all(parts[1:]):
+            raise BadRequest(f"'{key}' is not of the form _has:Type:reference-parameter:parameter")
+        _, source, ref_name, rest = parts
+        if source not in self.registry.resource_types():
+            raise BadRequest(f"_has: unknown resource type '{source}'")
+        ref = self.registry.get(source, ref_name)
+        if ref is None or ref.type != "reference":
+            raise BadRequest(f"_has: '{ref_name}' is not a reference parameter of {source}")
+        h, x = self.alias("h"), self.alias("x")
+        inner = self.clause(h, (source,), rest, raw, depth + 1)
+        sources = (
+            f"{x}.rid IN (SELECT {h}.rid FROM resources {h} WHERE {h}.res_type = ? AND {h}.deleted = 0 AND {inner.sql})"
+        )
+        if types is not None and len(types) == 1:
+            sql = (
+                f"SELECT {x}.target_id FROM idx_reference {x} WHERE {x}.param = ? AND {x}.res_type = ? "
+                f"AND {x}.target_type = ? AND {sources}"
+            )
+            return Clause(f"{a}.res_id IN ({sql})", [ref.code, source, types[0], source, *inner.params])
+        sql = (
+            f"SELECT {x}.target_type, {x}.target_id FROM idx_reference {x} WHERE {x}.param = ? "
+            f"AND {x}.res_type = ? AND {sources}"
+        )
+        return Clause(f"({a}.res_type, {a}.res_id) IN ({sql})", [ref.code, source, source, *inner.params])
+
+    # result parameters -------------------------------------------------------------------
+    def sort_keys(self, types: Sequence[str] | None, raw_values: list[str], unknown: list[str]) -> list[SortKey]:
+        keys: list[SortKey] = []
+        for raw in raw_values:
+            for item in (v.strip() for v in raw.split(",")):
+                if not item:
+                    continue
+                desc = item.startswith("-")
+                name = item[1:] if desc else item
+                if name == "_id":
+                    keys.append(SortKey(name, desc, "r.res_id"))
+                    continue
+                if name == "_lastUpdated":
+                    keys.append(SortKey(name, desc, "r.ts"))
+                    continue
+                try:
+                    params = self.lookup(types, name)
+                except _Unsupported:
+                    unknown.append(f"_sort={item}")
+                    continue
+                sp = params[0][1]
+                if sp.type not in _SORT_COLUMNS:
+                    unknown.append(f"_sort={item}")
+                    continue
+                agg, col = _SORT_COLUMNS[sp.type][1 if desc else 0]
+                sql = f"(SELECT {agg}(s.{col}) FROM idx_{sp.type} s WHERE s.rid = r.rid AND s.param = ?)"
+                keys.append(SortKey(name, desc, sql, (sp.code,)))
+        return keys
+
+    def include_specs(self, raw: str, reverse: bool, iterate: bool, unknown: list[str], key: str) -> IncludeSpec | None:
+        if raw == "*":
+            return IncludeSpec(None, None, None, iterate, reverse)
+        parts = raw.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise BadRequest(f"{key} takes Type:parameter[:targetType] or *, not '{raw}'")
+        source, name = parts[0], parts[1]
+        target = parts[2] if len(parts) == 3 else None
+        known = self.registry.resource_types()
+        if source not in known or (target is not None and target not in known):
+            unknown.append(f"{key}={raw}")
+            return None
+        if name == "*":
+            return IncludeSpec(source, None, target, iterate, reverse)
+        sp = self.registry.get(source, name)
+        if sp is None or sp.type != "reference":
+            unknown.append(f"{key}={raw}")
+            return None
+        return IncludeSpec(source, name, target, iterate, reverse)
 
 
-def _split_or(raw: str) -> list[str]:
-    """Split a parameter value on unescaped commas (search.html#escaping)."""
-    out, buf, i = [], [], 0
-    while i < len(raw):
-        ch = raw[i]
-        if ch == "\\" and i + 1 < len(raw):
-            buf.append(raw[i + 1])
-            i += 2
-            continue
-        if ch == ",":
-            out.append("".join(buf))
-            buf = []
-        else:
-            buf.append(ch)
-        i += 1
-    out.append("".join(buf))
-    return [v for v in out if v != ""]
-
-
-def _special_clause(name: str, raw: str) -> Clause | None:
-    if name == "_id":
-        ids = _split_or(raw)
-        return Clause(f"r.res_id IN ({', '.join('?' for _ in ids)})", list(ids))
+def _common(registry: Registry, name: str) -> SearchParam | None:
+    """A parameter defined on Resource/DomainResource (system-level search without _type)."""
+    for p in registry.all():
+        if p.code == name and set(p.base) & {"Resource", "DomainResource"}:
+            return p
     return None
+
+
+def _defines(registry: Registry, resource_type: str, name: str) -> bool:
+    if name in ("_id", "_has") or name.startswith("_has"):
+        return True
+    sp = registry.get(resource_type, name)
+    return sp is not None and searchable(sp, resource_type)
 
 
 def parse_search(
     registry: Registry,
-    res_type: str,
+    res_type: str | None,
     params: Sequence[tuple[str, str]] | Mapping[str, Sequence[str]],
     strict: bool = False,
+    types: Sequence[str] | None = None,
 ) -> ParsedSearch:
-    """Parse query parameters for a type-level search. ``strict`` makes unknown ones a 400."""
+    """Parse query parameters for a search.
+
+    ``res_type`` is the type of a type-level search. For a system-level search it is None and
+    ``types`` lists the types searched (from ``_type``), or is None for every type (only the
+    common parameters can then be used). ``strict`` makes unknown parameters a 400.
+    """
     items = [(k, v) for k, vs in params.items() for v in vs] if isinstance(params, Mapping) else list(params)
-    parsed = ParsedSearch(res_type)
+    searched: tuple[str, ...] | None = (res_type,) if res_type else (tuple(types) if types is not None else None)
+    parsed = ParsedSearch(res_type or "", types=searched or (), all_types=searched is None)
+    parser = _Parser(registry)
+    unknown = parsed.unknown
     for key, raw in items:
-        name, _, modifier = key.partition(":")
+        name = key.partition(":")[0]
         if name in RESULT_PARAMS:
             parsed.control.setdefault(name, []).append(raw)
             continue
-        special = _special_clause(name, raw) if not modifier else None
-        if special is not None:
-            parsed.clauses.append(special)
-            continue
-        sp = registry.get(res_type, name)
-        if sp is None or sp.type not in SUPPORTED_TYPES or "." in name:
-            if strict:
-                raise BadRequest(f"Unknown or unsupported search parameter '{key}' for resource type {res_type}")
-            parsed.unknown.append(key)
-            continue
-        parsed.clauses.append(_param_clause(res_type, sp, modifier or None, raw))
+        try:
+            parsed.clauses.append(parser.clause("r", searched, key, raw))
+        except _Unsupported:
+            unknown.append(key)
+    for key in ("_include", "_revinclude"):
+        for raw_key, raw in items:
+            head, _, modifier = raw_key.partition(":")
+            if head != key:
+                continue
+            if modifier not in ("", "iterate", "recurse"):
+                raise BadRequest(f"{raw_key}: the only modifier of {key} is ':iterate'")
+            for value in (v for v in raw.split(",") if v):
+                spec = parser.include_specs(value, key == "_revinclude", modifier != "", unknown, raw_key)
+                if spec is not None:
+                    parsed.includes.append(spec)
+    parsed.sort = parser.sort_keys(searched, parsed.control.get("_sort", []), unknown)
+    contained = parsed.control.get("_contained", [])
+    if any(v != "false" for v in contained):
+        unknown.append("_contained")
+    if parsed.control.get("_containedType"):
+        unknown.append("_containedType")
+    if strict and unknown:
+        what = searched[0] if searched and len(searched) == 1 else "this search"
+        raise BadRequest(
+            f"Unknown or unsupported search parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(u) for u in unknown)} for {what}"
+        )
     return parsed
 
 
-def build_sql(parsed: ParsedSearch, after_rid: int = 0, limit: int | None = None) -> tuple[str, list[Any]]:
-    """SQL returning (rid, res_id) of matches in insertion order, after the keyset cursor."""
-    where = ["r.res_type = ?", "r.deleted = 0"]
-    params: list[Any] = [parsed.resource_type]
+def compartment_clause(compartment: Compartment, owner_id: str, res_type: str) -> Clause:
+    """Membership of ``res_type`` resources in the compartment of ``compartment.code/owner_id``."""
+    params = compartment.params_for(res_type)
+    if not params:
+        raise BadRequest(f"{res_type} resources are not in the {compartment.code} compartment")
+    refs = [p for p in params if p != SELF]
+    parts: list[str] = []
+    args: list[Any] = []
+    if refs:
+        marks = ", ".join("?" for _ in refs)
+        parts.append(
+            "r.rid IN (SELECT rid FROM idx_reference WHERE target_id = ? AND target_type = ? "
+            f"AND res_type = ? AND param IN ({marks}))"
+        )
+        args += [owner_id, compartment.code, res_type, *refs]
+    if SELF in params:
+        parts.append("r.res_id = ?")
+        args.append(owner_id)
+    return Clause("(" + " OR ".join(parts) + ")", args)
+
+
+# -- SQL of a page, a count, includes ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A page position: the sort-key values and rid of the row to continue after (or before)."""
+
+    keys: tuple[Any, ...]
+    rid: int
+    backward: bool = False
+
+    def encode(self) -> str:
+        keys = [{"d": str(k)} if isinstance(k, Decimal) else k for k in self.keys]
+        text = json.dumps(["p" if self.backward else "n", keys, self.rid], separators=(",", ":"))
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            direction, keys, rid = data
+            values = tuple(Decimal(k["d"]) if isinstance(k, dict) else k for k in keys)
+            if direction not in ("n", "p") or not isinstance(rid, int):
+                raise ValueError(direction)
+        except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError) as exc:
+            raise BadRequest(f"_cursor '{token[:40]}' is not a cursor this server issued") from exc
+        return cls(values, rid, direction == "p")
+
+
+def _where(parsed: ParsedSearch) -> tuple[list[str], list[Any]]:
+    where = ["r.deleted = 0"]
+    params: list[Any] = []
+    if not parsed.all_types:
+        scope, scope_params = _scope_sql("r.res_type", parsed.types)
+        where.append(scope[len(" AND ") :])
+        params += scope_params
     for c in parsed.clauses:
         where.append(c.sql)
         params.extend(c.params)
+    return where, params
+
+
+def _keyset(
+    cols: Sequence[str], descending: Sequence[bool], nulls_first: bool, values: Sequence[Any]
+) -> tuple[str, list[Any]]:
+    """Rows strictly after ``values`` in the order given by ``cols`` (the last column never NULL)."""
+    ors: list[str] = []
+    params: list[Any] = []
+    eq: list[str] = []
+    eq_params: list[Any] = []
+    for i, (col, desc, value) in enumerate(zip(cols, descending, values, strict=True)):
+        last = i == len(cols) - 1
+        if value is None:
+            after = f"{col} IS NOT NULL" if nulls_first else None
+            after_params: list[Any] = []
+        else:
+            after = f"{col} {'<' if desc else '>'} ?"
+            after_params = [value]
+            if not nulls_first and not last:
+                after = f"({after} OR {col} IS NULL)"
+        if after is not None:
+            ors.append("(" + " AND ".join([*eq, after]) + ")")
+            params += [*eq_params, *after_params]
+        if value is None:
+            eq.append(f"{col} IS NULL")
+        else:
+            eq.append(f"{col} = ?")
+            eq_params.append(value)
+    return ("(" + " OR ".join(ors) + ")" if ors else "1 = 0"), params
+
+
+def page_sql(parsed: ParsedSearch, cursor: Cursor | None, limit: int) -> tuple[str, list[Any]]:
+    """SQL of one page: rows ``(rid, res_type, res_id, *sort keys)`` in page order.
+
+    A backward cursor selects the rows before it, in reverse order (the caller reverses them).
+    """
+    where, params = _where(parsed)
+    backward = cursor is not None and cursor.backward
+    keys = parsed.sort
+    select_keys = "".join(f", {k.sql} AS k{i}" for i, k in enumerate(keys))
+    key_params = [p for k in keys for p in k.params]
+    inner = f"SELECT r.rid, r.res_type, r.res_id{select_keys} FROM resources r WHERE {' AND '.join(where)}"
+    cols = [f"q.k{i}" for i in range(len(keys))] + ["q.rid"]
+    descending = [k.descending != backward for k in keys] + [backward]
+    nulls = "NULLS FIRST" if backward else "NULLS LAST"
+    order = ", ".join(
+        f"{c} {'DESC' if d else 'ASC'}{f' {nulls}' if c != 'q.rid' else ''}"
+        for c, d in zip(cols, descending, strict=True)
+    )
+    outer_where = ""
+    outer_params: list[Any] = []
+    if cursor is not None:
+        if len(cursor.keys) != len(keys):
+            raise BadRequest("_cursor does not belong to this search (its _sort differs)")
+        cond, outer_params = _keyset(cols, descending, backward, [*cursor.keys, cursor.rid])
+        outer_where = f" WHERE {cond}"
+    if keys:
+        # every match needs its keys before the sort: compute them once (no re-evaluation of the
+        # key subqueries in the keyset condition, which a flattened subquery would do)
+        sql = f"WITH q AS MATERIALIZED ({inner}) SELECT * FROM q{outer_where} ORDER BY {order} LIMIT {int(limit)}"
+    else:
+        sql = f"SELECT * FROM ({inner}) q{outer_where} ORDER BY {order} LIMIT {int(limit)}"
+    return sql, [*key_params, *params, *outer_params]
+
+
+def count_sql(parsed: ParsedSearch) -> tuple[str, list[Any]]:
+    where, params = _where(parsed)
+    return f"SELECT COUNT(*) FROM resources r WHERE {' AND '.join(where)}", params
+
+
+def build_sql(parsed: ParsedSearch, after_rid: int = 0, limit: int | None = None) -> tuple[str, list[Any]]:
+    """SQL returning (rid, res_id) of matches in insertion order (conditional interactions)."""
+    where, params = _where(parsed)
     if after_rid:
         where.append("r.rid > ?")
         params.append(after_rid)
@@ -322,6 +965,33 @@ def build_sql(parsed: ParsedSearch, after_rid: int = 0, limit: int | None = None
     return sql, params
 
 
-def count_sql(parsed: ParsedSearch) -> tuple[str, list[Any]]:
-    sql, params = build_sql(parsed)
-    return f"SELECT COUNT(*) FROM ({sql.rsplit(' ORDER BY', 1)[0]}) q", params
+def include_sql(spec: IncludeSpec, source_rids: Sequence[int]) -> tuple[str, list[Any]]:
+    """``_include``: current resources referenced by ``source_rids`` -> (rid, res_type, res_id)."""
+    marks = ", ".join("?" for _ in source_rids)
+    sql = (
+        "SELECT DISTINCT t.rid, t.res_type, t.res_id FROM idx_reference x "
+        "JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id "
+        f"WHERE x.rid IN ({marks}) AND t.deleted = 0"
+    )
+    params: list[Any] = list(source_rids)
+    for column, value in (("x.res_type", spec.source), ("x.param", spec.param), ("x.target_type", spec.target)):
+        if value is not None:
+            sql += f" AND {column} = ?"
+            params.append(value)
+    return sql, params
+
+
+def revinclude_sql(spec: IncludeSpec, target_type: str, target_ids: Iterable[str]) -> tuple[str, list[Any]]:
+    """``_revinclude``: current resources referring to ``target_type/target_ids``."""
+    ids = list(target_ids)
+    marks = ", ".join("?" for _ in ids)
+    sql = (
+        "SELECT DISTINCT t.rid, t.res_type, t.res_id FROM idx_reference x JOIN resources t ON t.rid = x.rid "
+        f"WHERE x.target_type = ? AND x.target_id IN ({marks}) AND t.deleted = 0"
+    )
+    params: list[Any] = [target_type, *ids]
+    for column, value in (("x.res_type", spec.source), ("x.param", spec.param)):
+        if value is not None:
+            sql += f" AND {column} = ?"
+            params.append(value)
+    return sql, params

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from server.store.base import Store
+from collections.abc import Iterable
+
+from server.store.base import DerivedIndex, Store
 from server.store.postgres import PostgresStore
 from server.store.sqlite import SqliteStore
 
 __all__ = ["open_store"]
 
 
-def open_store(url: str, pool_size: int = 8) -> Store:
-    """Open (and migrate) the store named by ``DATABASE_URL``."""
+def open_store(url: str, pool_size: int = 8, derived: Iterable[DerivedIndex] = ()) -> Store:
+    """Open (and migrate) the store named by ``DATABASE_URL``, keeping the ``derived`` indexes in step."""
+    store: SqliteStore | PostgresStore
     if url.startswith("sqlite://"):
-        return SqliteStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url, pool_size=pool_size)
-    raise ValueError(f"unsupported DATABASE_URL scheme: {url.split(':', 1)[0]!r} (use sqlite:// or postgresql://)")
+        store = SqliteStore(url)
+    elif url.startswith(("postgresql://", "postgres://")):
+        store = PostgresStore(url, pool_size=pool_size)
+    else:
+        raise ValueError(f"unsupported DATABASE_URL scheme: {url.split(':', 1)[0]!r} (use sqlite:// or postgresql://)")
+    store.derived = tuple(derived)
+    return store

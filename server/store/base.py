@@ -18,9 +18,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["INDEX_TABLES", "ConflictRetry", "HistoryEntry", "Store", "StoredResource", "WriteTx"]
+__all__ = ["INDEX_TABLES", "ConflictRetry", "DerivedIndex", "HistoryEntry", "Store", "StoredResource", "WriteTx"]
 
 #: index table name -> value columns, in the order of the tuples of ``IndexRows`` (search/extract.py).
+#: A row is ``(param, *values)``, or ``(param, *values, grp)`` for a composite's component row
+#: (see ``schema.py``).
 INDEX_TABLES: dict[str, tuple[str, ...]] = {
     "token": ("system", "code", "text"),
     "string": ("value", "exact"),
@@ -79,12 +81,48 @@ class WriteTx(Protocol):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query (``?`` placeholders) inside this transaction."""
 
+    def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
+        """:meth:`current` of many (type, id) at once; absent ones are left out (bulk load)."""
+
+    def put_many(self, items: Sequence[tuple[StoredResource, str, Any]]) -> list[StoredResource]:
+        """:meth:`put` for many (resource, method, index) at once, each (type, id) at most once (bulk load)."""
+
+    def replace_index(self, entries: Sequence[tuple[int, int, str, Any]]) -> int:
+        """Replace the index rows of current resources, each given as (rid, version, type, rows).
+
+        Entries whose version is no longer the current one are skipped; returns how many were
+        replaced.
+        """
+
+
+@runtime_checkable
+class DerivedIndex(Protocol):
+    """A table of rows computed from resources of some types, kept in step with their current versions.
+
+    Beside the search index tables, a feature may need an index of its own shape (the genomic
+    range index ``variant_range``, :mod:`server.fhir.operations.variant_ranges`). The app factory
+    hands such indexes to the store (:func:`server.store.open_store`); on every write of a resource
+    of one of ``types`` the store deletes the resource's rows and inserts those of the new version,
+    in the same transaction: the rows the index object passed to :meth:`WriteTx.put` carries in its
+    ``derived`` mapping (table -> rows, computed by a caller that has the resource at hand), else
+    ``rows(type, content)``. A row holds the values of ``columns``; ``rid`` is prepended.
+    """
+
+    table: str
+    columns: tuple[str, ...]
+    types: frozenset[str]
+
+    def rows(self, type_: str, content: bytes) -> list[tuple[Any, ...]]:
+        """The rows of one resource version (its JSON)."""
+        ...
+
 
 @runtime_checkable
 class Store(Protocol):
     """A resource store. Reads are safe from any thread; writes go through :meth:`transaction`."""
 
     dialect: str  # "sqlite" | "postgresql"
+    derived: tuple[DerivedIndex, ...]  # kept in step with every write (see DerivedIndex)
 
     def read(self, type_: str, id_: str) -> StoredResource | None: ...
 
@@ -108,8 +146,21 @@ class Store(Protocol):
 
     def transaction(self) -> AbstractContextManager[WriteTx]: ...
 
+    def generations(self, types: Sequence[str]) -> dict[str, int]:
+        """Per-type write generations, moved by every commit that writes the type (cache keys)."""
+
     def iter_current(self, type_: str | None = None, batch: int = 1000) -> Iterator[StoredResource]:
         """Every current, non-deleted resource (reindex, export)."""
+
+    def reindex(self, entries: Sequence[tuple[int, int, str, Any]]) -> int:
+        """:meth:`WriteTx.replace_index` in a transaction of its own (``python -m server reindex``)."""
+
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics of the store's tables (after bulk writes).
+
+        PostgreSQL's autovacuum does it within a minute or so of a bulk load, SQLite never on its
+        own; until then search plans are chosen blind (``ANALYZE``).
+        """
 
     def reset(self) -> None:
         """Drop all data (tests and the sandbox seeder only)."""

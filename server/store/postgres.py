@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -41,11 +41,25 @@ class _PgWriteTx(SqlWriteTx):
     def lock(self, key: str) -> None:
         self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(key),))
 
+    def _insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Bulk inserts go through COPY: several times faster than a pipelined ``executemany``."""
+        with self.cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def _content_value(self, content: bytes) -> tuple[Any, bytes | None]:
         # JSONB keeps a number's value and scale but prints a positive exponent positionally
         # (1.0E+245 -> 1000…0), which changes its stated precision: keep such bodies verbatim too.
         raw = content if _POSITIVE_EXPONENT.search(content) else None
         return content.decode("utf-8"), raw
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    # psycopg prepares a statement after 5 runs, and PostgreSQL then switches to a generic plan
+    # once it costs about the same as the custom ones. For search SQL a generic plan ignores how
+    # selective the values are (a rare code or a common one) and can be 50x slower: always plan
+    # with the actual values.
+    conn.execute("SET plan_cache_mode = force_custom_plan")
 
 
 class PostgresStore(SqlStoreBase):
@@ -61,6 +75,7 @@ class PostgresStore(SqlStoreBase):
             min_size=1,
             max_size=max(pool_size, 2),
             kwargs={"autocommit": True},
+            configure=_configure,
             open=True,
             name="bigmed",
         )
@@ -80,14 +95,21 @@ class PostgresStore(SqlStoreBase):
     def transaction(self) -> Iterator[SqlWriteTx]:
         try:
             with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                yield _PgWriteTx(self, cur)
-        except (psycopg.errors.UniqueViolation, psycopg.errors.SerializationFailure) as exc:
+                tx = _PgWriteTx(self, cur)
+                yield tx
+                tx.bump_generations()
+        except (
+            psycopg.errors.UniqueViolation,
+            psycopg.errors.SerializationFailure,
+            psycopg.errors.DeadlockDetected,
+        ) as exc:
             raise ConflictRetry(str(exc)) from exc
 
     def reset(self) -> None:
         with self.transaction() as tx:
             rows = tx.query(
-                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename != 'schema_meta'"
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                "AND tablename NOT IN ('schema_meta', 'type_gen')"
             )
             names = ", ".join(f'"{r[0]}"' for r in rows)
             if names:

@@ -17,7 +17,8 @@ Tables (one DDL text, rendered per dialect):
                (http://hl7.org/fhir/R4/search.html#ptypes), keyed by (param, res_type,
                normalised value, rid), holding rows for current, non-deleted versions only:
 
-               token      system, code, text (display/text, for ``:text``)
+               token      system, code, text (display/text, normalised like string
+                          values: for ``:text``)
                string     value (lower-cased, accents stripped), exact (as written)
                reference  target_type, target_id, url (the reference as written)
                date       low, high: half-open UTC epoch interval [low, high)
@@ -25,12 +26,49 @@ Tables (one DDL text, rendered per dialect):
                quantity   value, system, code, unit
                uri        value
 
-``schema_meta`` one row: the schema version; :func:`migrate` brings any older database up.
+               Every index table also has ``grp`` (NULL for ordinary rows). It ties together
+               the component rows of one composite value (search.html#composite): a composite
+               parameter ``P`` whose expression selects items (``Observation.component``) gets,
+               for the n-th item, the rows of its k-th component in that component's table
+               under param ``P:k`` with ``grp`` = n. ``code-value-quantity=…$gt10`` is then a
+               join of an ``idx_token`` row (``code-value-quantity:0``) and an ``idx_quantity``
+               row (``code-value-quantity:1``) on (rid, grp): both components must match on
+               the same item, as the spec requires. Two other derived params live in
+               ``idx_token``: ``P:of-type`` (Identifier.type coding as system/code, code being
+               ``typecode|value``, for ``:of-type``) and, under the reference parameter's own
+               code, Reference.identifier (for ``:identifier``).
+
+Text columns that are compared by range or sorted use byte order on both backends (SQLite's
+default BINARY, ``COLLATE "C"`` on PostgreSQL), so prefix searches, ``:contains`` and
+``_sort`` give identical answers on both. Value indexes end with ``rid, grp`` so that the
+``rid IN (SELECT rid FROM idx_… WHERE …)`` subqueries of :mod:`server.search.query` (and the
+first component of a composite) are answered from the index alone; ``(rid, param, grp, <sort
+column>)`` indexes serve deletes, composite joins and, from the index alone, ``_sort`` keys;
+``idx_date_high`` serves ``gt``/``ge`` (``high > …``). On PostgreSQL, multi-column statistics
+(``_PG_STATISTICS``) keep the row estimates of these correlated columns sane.
+
+``variant_range`` the genomic range index (a derived index, see ``base.DerivedIndex``): one row
+               per current variant Observation (Genomics Reporting ``variant`` profile), filled
+               by :mod:`server.fhir.operations.variant_ranges`: ``rid``, ``subject``
+               (``Patient/id``), ``ref_seq`` (RefSeq ``NC_`` accession), ``start_pos``,
+               ``end_pos`` (0-based half-open interval), ``bin`` (UCSC binning scheme: the
+               smallest of the 128 kb / 1 Mb / 8 Mb / 64 Mb / 512 Mb bins holding the interval),
+               ``ref_allele``, ``alt_allele`` (NULL for symbolic alleles), ``structural`` (1 when
+               the variant has no REF/ALT sequence: symbolic, breakend, copy number),
+               ``source_class`` (``germline``/``somatic``). An overlap query reads, per bin level,
+               only the bins the query interval touches (``(subject, ref_seq, bin, start_pos)``
+               index), so its cost does not grow with the number of variants of the subject;
+               ``(ref_seq, start_pos)`` serves lookups of one variant across subjects.
+
+``type_gen``   a generation counter per resource type, moved by every commit that writes the
+               type (server/cache.py keys cached answers by it; never reset).
+``schema_meta`` one row: the schema version; :func:`migrate` brings any older database up
+(columns listed in ``ADDED_COLUMNS`` are added to tables created before them).
 """
 
 from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "ddl"]
+__all__ = ["ADDED_COLUMNS", "SCHEMA_VERSION", "ddl"]
 
 SCHEMA_VERSION = 1
 
@@ -42,6 +80,7 @@ _TYPES = {
         "real": "REAL",
         "num": "REAL",
         "bigint": "INTEGER",
+        "text": "TEXT",
     },
     "postgresql": {
         "pk": "BIGSERIAL PRIMARY KEY",
@@ -50,21 +89,25 @@ _TYPES = {
         "real": "DOUBLE PRECISION",
         "num": "NUMERIC",
         "bigint": "BIGINT",
+        # byte order, as SQLite's BINARY: prefix ranges, LIKE and _sort agree on both backends
+        "text": 'TEXT COLLATE "C"',
     },
 }
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_meta (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS type_gen (res_type TEXT PRIMARY KEY, gen {bigint} NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
     rid {pk},
     res_type TEXT NOT NULL,
-    res_id TEXT NOT NULL,
+    res_id {text} NOT NULL,
     version INTEGER NOT NULL,
     ts {real} NOT NULL,
     deleted SMALLINT NOT NULL DEFAULT 0,
     UNIQUE (res_type, res_id)
 );
 CREATE INDEX IF NOT EXISTS resources_type_ts ON resources (res_type, ts);
+CREATE INDEX IF NOT EXISTS resources_type_rid ON resources (res_type, rid);
 CREATE TABLE IF NOT EXISTS history (
     seq {pk},
     rid {bigint} NOT NULL,
@@ -82,49 +125,79 @@ CREATE INDEX IF NOT EXISTS history_type_seq ON history (res_type, seq);
 CREATE INDEX IF NOT EXISTS history_ts ON history (ts);
 CREATE TABLE IF NOT EXISTS idx_token (
     rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL,
-    system TEXT, code TEXT, text TEXT
+    system {text}, code {text}, text {text}, grp INTEGER
 );
-CREATE INDEX IF NOT EXISTS idx_token_value ON idx_token (param, res_type, code, system);
-CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token (rid);
+CREATE INDEX IF NOT EXISTS idx_token_value ON idx_token (param, res_type, code, system, rid, grp);
+CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token (rid, param, grp, code);
 CREATE TABLE IF NOT EXISTS idx_string (
     rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL,
-    value TEXT NOT NULL, exact TEXT NOT NULL
+    value {text} NOT NULL, exact {text} NOT NULL, grp INTEGER
 );
-CREATE INDEX IF NOT EXISTS idx_string_value ON idx_string (param, res_type, value);
-CREATE INDEX IF NOT EXISTS idx_string_rid ON idx_string (rid);
+CREATE INDEX IF NOT EXISTS idx_string_value ON idx_string (param, res_type, value, rid, grp);
+CREATE INDEX IF NOT EXISTS idx_string_rid ON idx_string (rid, param, grp, value);
 CREATE TABLE IF NOT EXISTS idx_reference (
     rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL,
-    target_type TEXT, target_id TEXT, url TEXT NOT NULL
+    target_type TEXT, target_id {text}, url {text} NOT NULL, grp INTEGER
 );
-CREATE INDEX IF NOT EXISTS idx_reference_value ON idx_reference (param, res_type, target_id, target_type);
+CREATE INDEX IF NOT EXISTS idx_reference_value ON idx_reference (param, res_type, target_id, target_type, rid, grp);
 CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (target_type, target_id);
-CREATE INDEX IF NOT EXISTS idx_reference_rid ON idx_reference (rid);
+CREATE INDEX IF NOT EXISTS idx_reference_rid ON idx_reference (rid, param, grp, url);
 CREATE TABLE IF NOT EXISTS idx_date (
     rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL,
-    low {real} NOT NULL, high {real} NOT NULL
+    low {real} NOT NULL, high {real} NOT NULL, grp INTEGER
 );
-CREATE INDEX IF NOT EXISTS idx_date_value ON idx_date (param, res_type, low, high);
-CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date (rid);
+CREATE INDEX IF NOT EXISTS idx_date_value ON idx_date (param, res_type, low, high, rid, grp);
+CREATE INDEX IF NOT EXISTS idx_date_high ON idx_date (param, res_type, high, low, rid);
+CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date (rid, param, grp, low, high);
 CREATE TABLE IF NOT EXISTS idx_number (
-    rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL, value {num} NOT NULL
+    rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL, value {num} NOT NULL, grp INTEGER
 );
-CREATE INDEX IF NOT EXISTS idx_number_value ON idx_number (param, res_type, value);
-CREATE INDEX IF NOT EXISTS idx_number_rid ON idx_number (rid);
+CREATE INDEX IF NOT EXISTS idx_number_value ON idx_number (param, res_type, value, rid, grp);
+CREATE INDEX IF NOT EXISTS idx_number_rid ON idx_number (rid, param, grp, value);
 CREATE TABLE IF NOT EXISTS idx_quantity (
     rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL,
-    value {num} NOT NULL, system TEXT, code TEXT, unit TEXT
+    value {num} NOT NULL, system {text}, code {text}, unit {text}, grp INTEGER
 );
-CREATE INDEX IF NOT EXISTS idx_quantity_value ON idx_quantity (param, res_type, value);
-CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity (rid);
+CREATE INDEX IF NOT EXISTS idx_quantity_value ON idx_quantity (param, res_type, value, rid, grp);
+CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity (rid, param, grp, value);
 CREATE TABLE IF NOT EXISTS idx_uri (
-    rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL, value TEXT NOT NULL
+    rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL, value {text} NOT NULL, grp INTEGER
 );
-CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (param, res_type, value);
-CREATE INDEX IF NOT EXISTS idx_uri_rid ON idx_uri (rid);
+CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (param, res_type, value, rid, grp);
+CREATE INDEX IF NOT EXISTS idx_uri_rid ON idx_uri (rid, param, grp, value);
+CREATE TABLE IF NOT EXISTS variant_range (
+    rid {bigint} NOT NULL, subject {text} NOT NULL, ref_seq {text} NOT NULL,
+    start_pos {bigint} NOT NULL, end_pos {bigint} NOT NULL, bin INTEGER NOT NULL,
+    ref_allele {text}, alt_allele {text}, structural SMALLINT NOT NULL, source_class TEXT
+);
+CREATE INDEX IF NOT EXISTS variant_range_subject ON variant_range (subject, ref_seq, bin, start_pos);
+CREATE INDEX IF NOT EXISTS variant_range_position ON variant_range (ref_seq, start_pos);
+CREATE INDEX IF NOT EXISTS variant_range_rid ON variant_range (rid);
+"""
+
+#: Columns added after the first release, as (table, column, SQL type): a database created
+#: before them gets them at start-up (``ALTER TABLE … ADD COLUMN``), before the indexes are made.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = tuple(
+    (f"idx_{t}", "grp", "INTEGER") for t in ("token", "string", "reference", "date", "number", "quantity", "uri")
+)
+
+
+#: PostgreSQL only: multi-column statistics. The planner otherwise multiplies the selectivities of
+#: param, res_type and code as if independent (they are not: ``gender`` rows are all of one type)
+#: and, estimating 1 row where there are thousands, nests subqueries it should hash.
+_PG_STATISTICS = """
+CREATE STATISTICS IF NOT EXISTS idx_token_stats (dependencies, mcv) ON param, res_type, code FROM idx_token;
+CREATE STATISTICS IF NOT EXISTS idx_reference_stats (dependencies, mcv)
+    ON param, res_type, target_type FROM idx_reference;
+CREATE STATISTICS IF NOT EXISTS idx_string_stats (dependencies, mcv) ON param, res_type FROM idx_string;
+CREATE STATISTICS IF NOT EXISTS idx_date_stats (dependencies, mcv) ON param, res_type FROM idx_date;
+CREATE STATISTICS IF NOT EXISTS idx_number_stats (dependencies, mcv) ON param, res_type FROM idx_number;
+CREATE STATISTICS IF NOT EXISTS idx_quantity_stats (dependencies, mcv) ON param, res_type FROM idx_quantity;
+CREATE STATISTICS IF NOT EXISTS idx_uri_stats (dependencies, mcv) ON param, res_type FROM idx_uri;
 """
 
 
 def ddl(dialect: str) -> list[str]:
     """The schema's statements for one dialect, in order."""
-    text = _DDL.format(**_TYPES[dialect])
+    text = _DDL.format(**_TYPES[dialect]) + (_PG_STATISTICS if dialect == "postgresql" else "")
     return [s.strip() for s in text.split(";") if s.strip()]

@@ -7,24 +7,58 @@ SQL is written with ``?`` placeholders; the PostgreSQL store rewrites them to ``
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from decimal import Decimal
 from typing import Any
 
-from server.store.base import INDEX_TABLES, HistoryEntry, StoredResource
-from server.store.schema import SCHEMA_VERSION, ddl
+from server.store.base import INDEX_TABLES, DerivedIndex, HistoryEntry, StoredResource
+from server.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, ddl
 
-__all__ = ["Cursor", "SqlStoreBase", "SqlWriteTx"]
+__all__ = ["INDEX_COLUMNS", "Cursor", "SqlStoreBase", "SqlWriteTx", "derived_rows", "index_params"]
 
 Cursor = Any  # a DB-API cursor-like object with execute/executemany/fetchall/fetchone
 
 _COLS = "r.rid, r.res_type, r.res_id, r.version, r.ts, r.deleted"
 
 _INSERT_INDEX = {
-    table: f"INSERT INTO idx_{table} (rid, res_type, param, {', '.join(cols)}) "
-    f"VALUES (?, ?, ?, {', '.join('?' for _ in cols)})"
+    table: f"INSERT INTO idx_{table} (rid, res_type, param, {', '.join(cols)}, grp) "
+    f"VALUES (?, ?, ?, {', '.join('?' for _ in cols)}, ?)"
     for table, cols in INDEX_TABLES.items()
 }
+#: Column order of the rows :func:`index_params` builds, per index table.
+INDEX_COLUMNS = {table: ("rid", "res_type", "param", *cols, "grp") for table, cols in INDEX_TABLES.items()}
+#: Length of an ordinary row tuple (param + value columns); a composite row has ``grp`` after them.
+_ROW_LEN = {table: 1 + len(cols) for table, cols in INDEX_TABLES.items()}
+_REINDEX_CHUNK = 500
+_HISTORY_COLUMNS = ("rid", "res_type", "res_id", "version", "ts", "deleted", "method", "content", "raw")
+
+
+_NO_GROUP = (None,)
+
+
+def index_params(rid: int, type_: str, table: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Parameters of ``_INSERT_INDEX[table]`` for the rows of one resource (grp NULL unless given)."""
+    n = _ROW_LEN[table]
+    head = (rid, type_)
+    return [head + row if len(row) > n else head + row + _NO_GROUP for row in rows]
+
+
+def _comparable(row: Sequence[Any]) -> tuple[Any, ...]:
+    """An index row as compared by :meth:`SqlWriteTx.replace_index`: numbers as floats (a column
+    may give back a float or a Decimal for what was written as the other)."""
+    return tuple(float(v) if isinstance(v, Decimal | int) and not isinstance(v, bool) else v for v in row)
+
+
+def derived_rows(d: DerivedIndex, res: StoredResource, index: Any) -> list[tuple[Any, ...]]:
+    """Rows of derived index ``d`` for a written version: precomputed in ``index.derived``, else from its JSON."""
+    if res.deleted or res.content is None:
+        return []
+    given = getattr(index, "derived", None)
+    if given is not None and d.table in given:
+        return list(given[d.table])
+    return d.rows(res.type, res.content)
 
 
 def _to_resource(row: Sequence[Any], content: Any, decode: Callable[[Any], bytes | None]) -> StoredResource:
@@ -45,6 +79,7 @@ class SqlStoreBase:
     dialect: str = ""
     content_select: str = "h.content"  # how the JSON column is read as text/bytes
     content_param: str = "?"  # how it is written
+    derived: tuple[DerivedIndex, ...] = ()  # set by open_store; kept in step by put/put_many
 
     # -- to be provided by the backend ------------------------------------------------------
     def _reader(self) -> AbstractContextManager[Cursor]:
@@ -61,9 +96,30 @@ class SqlStoreBase:
         return bytes(content)
 
     # -- schema ---------------------------------------------------------------------------
+    def _columns(self, cur: Cursor, table: str) -> set[str]:
+        if self.dialect == "sqlite":
+            cur.execute(f"PRAGMA table_info({table})")
+            return {str(r[1]) for r in cur.fetchall()}
+        cur.execute(
+            self._sql(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = ?"
+            ),
+            (table,),
+        )
+        return {str(r[0]) for r in cur.fetchall()}
+
     def _migrate(self, cur: Cursor) -> None:
-        for stmt in ddl(self.dialect):
+        statements = ddl(self.dialect)
+        tables = [s for s in statements if s.startswith("CREATE TABLE")]
+        for stmt in tables:
             cur.execute(stmt)
+        for table, column, sql_type in ADDED_COLUMNS:
+            if column not in self._columns(cur, table):
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
+        for stmt in statements:
+            if stmt not in tables:
+                cur.execute(stmt)
         cur.execute("SELECT version FROM schema_meta")
         row = cur.fetchone()
         if row is None:
@@ -104,10 +160,11 @@ class SqlStoreBase:
     def vread(self, type_: str, id_: str, version: int) -> StoredResource | None:
         sql = self._sql(
             "SELECT h.rid, h.res_type, h.res_id, h.version, h.ts, h.deleted, "
-            f"{self.content_select} FROM history h WHERE h.res_type = ? AND h.res_id = ? AND h.version = ?"
+            f"{self.content_select} FROM resources r JOIN history h ON h.rid = r.rid AND h.version = ? "
+            "WHERE r.res_type = ? AND r.res_id = ?"
         )
         with self._reader() as cur:
-            cur.execute(sql, (type_, id_, version))
+            cur.execute(sql, (version, type_, id_))
             row = cur.fetchone()
         return None if row is None else _to_resource(row, row[6], self._decode)
 
@@ -117,10 +174,13 @@ class SqlStoreBase:
     ) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
-        if type_ is not None:
+        if type_ is not None and id_ is not None:  # instance history: through the (rid, version) index
+            clauses.append("h.rid = (SELECT rid FROM resources WHERE res_type = ? AND res_id = ?)")
+            params.extend([type_, id_])
+        elif type_ is not None:
             clauses.append("h.res_type = ?")
             params.append(type_)
-        if id_ is not None:
+        elif id_ is not None:
             clauses.append("h.res_id = ?")
             params.append(id_)
         if since is not None:
@@ -161,6 +221,31 @@ class SqlStoreBase:
             cur.execute(self._sql(sql), tuple(params))
             return [tuple(r) for r in cur.fetchall()]
 
+    def transaction(self) -> AbstractContextManager[SqlWriteTx]:
+        raise NotImplementedError
+
+    def generations(self, types: Sequence[str]) -> dict[str, int]:
+        """The current generation of each type (absent: never written), see ``bump_generations``."""
+        if not types:
+            return {}
+        marks = ", ".join("?" for _ in types)
+        with self._reader() as cur:
+            cur.execute(self._sql(f"SELECT res_type, gen FROM type_gen WHERE res_type IN ({marks})"), tuple(types))
+            return {str(r[0]): int(r[1]) for r in cur.fetchall()}
+
+    def reindex(self, entries: Sequence[tuple[int, int, str, Any]]) -> int:
+        """Replace the index rows of the given current resources in one write transaction."""
+        with self.transaction() as tx:
+            return tx.replace_index(entries)
+
+    def analyze(self) -> None:
+        tables = ["resources", *(f"idx_{t}" for t in INDEX_TABLES)]
+        with self.transaction() as tx:
+            if self.dialect == "sqlite":
+                tx.cur.execute("ANALYZE")
+            else:
+                tx.cur.execute(f"ANALYZE {', '.join(tables)}")
+
     def iter_current(self, type_: str | None = None, batch: int = 1000) -> Iterator[StoredResource]:
         last = 0
         while True:
@@ -182,6 +267,24 @@ class SqlWriteTx:
     def __init__(self, store: SqlStoreBase, cur: Cursor) -> None:
         self.store = store
         self.cur = cur
+        self.touched: set[str] = set()  # resource types written: their generations move at commit
+
+    def bump_generations(self) -> None:
+        """Move the generation of every type written, as the last statement before COMMIT.
+
+        The query cache keys answers by these generations (server/cache.py), so a commit makes
+        every cached answer it could change unreachable, in every process, atomically with the
+        write. ``*`` moves with every write (answers that depend on many types use it). Sorted,
+        so concurrent writers lock the rows in one order.
+        """
+        for type_ in sorted({*self.touched, "*"} if self.touched else ()):
+            self.cur.execute(
+                self.store._sql(
+                    "INSERT INTO type_gen (res_type, gen) VALUES (?, 1) "
+                    "ON CONFLICT (res_type) DO UPDATE SET gen = type_gen.gen + 1"
+                ),
+                (type_,),
+            )
 
     def lock(self, key: str) -> None:  # pragma: no cover - overridden where needed
         """SQLite's BEGIN IMMEDIATE already serialises writers; PostgreSQL overrides this."""
@@ -196,6 +299,7 @@ class SqlWriteTx:
         return [tuple(r) for r in self.cur.fetchall()]
 
     def put(self, res: StoredResource, method: str, index: Any | None) -> StoredResource:
+        self.touched.add(res.type)
         sql = self.store._sql
         cur = self.cur
         rid = res.rid
@@ -225,6 +329,17 @@ class SqlWriteTx:
         )
         if index is not None and not res.deleted:
             self._insert_index(rid, res.type, index)
+        for d in self.store.derived:
+            if res.type in d.types:
+                if res.rid:
+                    cur.execute(sql(f"DELETE FROM {d.table} WHERE rid = ?"), (rid,))
+                rows = derived_rows(d, res, index)
+                if rows:
+                    marks = ", ".join("?" for _ in range(len(d.columns) + 1))
+                    cur.executemany(
+                        sql(f"INSERT INTO {d.table} (rid, {', '.join(d.columns)}) VALUES ({marks})"),
+                        [(rid, *row) for row in rows],
+                    )
         return StoredResource(
             rid=rid, type=res.type, id=res.id, version=res.version, ts=res.ts, deleted=res.deleted, content=res.content
         )
@@ -237,4 +352,159 @@ class SqlWriteTx:
         for table in INDEX_TABLES:
             rows = getattr(index, table, None)
             if rows:
-                self.cur.executemany(self.store._sql(_INSERT_INDEX[table]), [(rid, type_, *row) for row in rows])
+                self.cur.executemany(self.store._sql(_INSERT_INDEX[table]), index_params(rid, type_, table, rows))
+
+    def replace_index(self, entries: Sequence[tuple[int, int, str, Any]]) -> int:
+        """Replace the index rows of current resources, given as (rid, version, type, rows).
+
+        An entry whose version is no longer current (written or deleted since it was read) is
+        skipped, so a reindex running beside writers never puts back stale rows.
+        """
+        sql = self.store._sql
+        self.touched.update(type_ for _, _, type_, _ in entries)
+        done = 0
+        for start in range(0, len(entries), _REINDEX_CHUNK):
+            chunk = entries[start : start + _REINDEX_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            self.cur.execute(
+                sql(f"SELECT rid, version FROM resources WHERE deleted = 0 AND rid IN ({marks})"),
+                [e[0] for e in chunk],
+            )
+            current = {int(r[0]): int(r[1]) for r in self.cur.fetchall()}
+            kept = [e for e in chunk if current.get(e[0]) == e[1]]
+            if not kept:
+                continue
+            rids = [e[0] for e in kept]
+            marks = ", ".join("?" for _ in kept)
+            for table, cols in INDEX_TABLES.items():
+                # write only what changed: a resource's rows in this table are replaced when they
+                # differ from the stored ones (index b-tree writes cost far more than reads)
+                self.cur.execute(
+                    sql(f"SELECT rid, param, {', '.join(cols)}, grp FROM idx_{table} WHERE rid IN ({marks})"), rids
+                )
+                stored: dict[int, Counter[tuple[Any, ...]]] = {}
+                for row in self.cur.fetchall():
+                    stored.setdefault(int(row[0]), Counter())[_comparable(row[1:])] += 1
+                changed: list[int] = []
+                params: list[tuple[Any, ...]] = []
+                for rid, _, type_, index in kept:
+                    new = index_params(rid, type_, table, getattr(index, table, None) or [])
+                    if Counter(_comparable(p[2:]) for p in new) != stored.get(rid, Counter()):
+                        changed.append(rid)
+                        params.extend(new)
+                if changed:
+                    self.cur.executemany(sql(f"DELETE FROM idx_{table} WHERE rid = ?"), [(r,) for r in changed])
+                if params:
+                    self._insert_rows(f"idx_{table}", INDEX_COLUMNS[table], params)
+            done += len(kept)
+        return done
+
+    def put_many(self, items: Sequence[tuple[StoredResource, str, Any]]) -> list[StoredResource]:
+        """:meth:`put` for many resources at once (the bulk loader): one bulk insert per table.
+
+        Each (type, id) appears at most once in ``items``; ``rid`` 0 means a new resource.
+        """
+        if not items:
+            return []
+        self.touched.update(res.type for res, _, _ in items)
+        sql = self.store._sql
+        cur = self.cur
+        old = [res for res, _, _ in items if res.rid]
+        if old:
+            cur.executemany(
+                sql("UPDATE resources SET version = ?, ts = ?, deleted = ? WHERE rid = ?"),
+                [(r.version, r.ts, int(r.deleted), r.rid) for r in old],
+            )
+            rids = [(r.rid,) for r in old]
+            for table in INDEX_TABLES:
+                cur.executemany(sql(f"DELETE FROM idx_{table} WHERE rid = ?"), rids)
+            for d in self.store.derived:
+                mine = [(r.rid,) for r in old if r.type in d.types]
+                if mine:
+                    cur.executemany(sql(f"DELETE FROM {d.table} WHERE rid = ?"), mine)
+        new = [res for res, _, _ in items if not res.rid]
+        assigned: dict[tuple[str, str], int] = {}
+        if new:
+            self._insert_rows(
+                "resources",
+                ("res_type", "res_id", "version", "ts", "deleted"),
+                [(r.type, r.id, r.version, r.ts, int(r.deleted)) for r in new],
+            )
+            assigned = self._rids(new)
+        out: list[StoredResource] = []
+        history: list[tuple[Any, ...]] = []
+        batches: dict[str, list[tuple[Any, ...]]] = {table: [] for table in INDEX_TABLES}
+        for res, method, index in items:
+            rid = res.rid or assigned[(res.type, res.id)]
+            content, raw = (None, None) if res.content is None else self._content_value(res.content)
+            history.append((rid, res.type, res.id, res.version, res.ts, int(res.deleted), method, content, raw))
+            if index is not None and not res.deleted:
+                for table, params in batches.items():
+                    rows = getattr(index, table, None)
+                    if rows:
+                        params.extend(index_params(rid, res.type, table, rows))
+            out.append(
+                StoredResource(
+                    rid=rid,
+                    type=res.type,
+                    id=res.id,
+                    version=res.version,
+                    ts=res.ts,
+                    deleted=res.deleted,
+                    content=res.content,
+                )
+            )
+        self._insert_rows("history", _HISTORY_COLUMNS, history)
+        for table, params in batches.items():
+            if params:
+                self._insert_rows(f"idx_{table}", ("rid", "res_type", "param", *INDEX_TABLES[table], "grp"), params)
+        for d in self.store.derived:
+            derived = [
+                (stored.rid, *row)
+                for (res, _, index), stored in zip(items, out, strict=True)
+                if res.type in d.types
+                for row in derived_rows(d, res, index)
+            ]
+            if derived:
+                self._insert_rows(d.table, ("rid", *d.columns), derived)
+        return out
+
+    def _insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows into ``table`` (``executemany``; PostgreSQL uses COPY)."""
+        marks = ", ".join(self.store.content_param if c == "content" else "?" for c in columns)
+        self.cur.executemany(self.store._sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"), rows)
+
+    def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
+        """The current versions (tombstones included) of many (type, id), as this transaction sees them."""
+        by_type: dict[str, list[str]] = {}
+        for type_, id_ in keys:
+            by_type.setdefault(type_, []).append(id_)
+        out: dict[tuple[str, str], StoredResource] = {}
+        for type_, ids in by_type.items():
+            for start in range(0, len(ids), _REINDEX_CHUNK):
+                chunk = ids[start : start + _REINDEX_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                self.cur.execute(
+                    self.store._select_current(f"r.res_type = ? AND r.res_id IN ({marks})"), [type_, *chunk]
+                )
+                for row in self.cur.fetchall():
+                    res = _to_resource(row, row[6], self.store._decode)
+                    out[(res.type, res.id)] = res
+        return out
+
+    def _rids(self, resources: Sequence[StoredResource]) -> dict[tuple[str, str], int]:
+        """Internal ids of just-inserted resources, by (type, id)."""
+        by_type: dict[str, list[str]] = {}
+        for r in resources:
+            by_type.setdefault(r.type, []).append(r.id)
+        out: dict[tuple[str, str], int] = {}
+        for type_, ids in by_type.items():
+            for start in range(0, len(ids), _REINDEX_CHUNK):
+                chunk = ids[start : start + _REINDEX_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                self.cur.execute(
+                    self.store._sql(f"SELECT rid, res_id FROM resources WHERE res_type = ? AND res_id IN ({marks})"),
+                    [type_, *chunk],
+                )
+                out.update(((type_, str(r[1])), int(r[0])) for r in self.cur.fetchall())
+        return out

@@ -74,7 +74,9 @@ class SqliteStore(SqlStoreBase):
             cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                yield SqlWriteTx(self, cur)
+                tx = SqlWriteTx(self, cur)
+                yield tx
+                tx.bump_generations()
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
@@ -82,7 +84,8 @@ class SqliteStore(SqlStoreBase):
 
     def reset(self) -> None:
         with self.transaction() as tx:
-            for (name,) in tx.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'schema_meta'"):
+            kept = "('schema_meta', 'type_gen')"
+            for (name,) in tx.query(f"SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN {kept}"):
                 tx.cur.execute(f'DELETE FROM "{name}"')
 
     def close(self) -> None:

@@ -25,7 +25,17 @@ def test_metadata(client: Any) -> None:
     # every listed parameter is one the registry defines for the type, of a type the engine searches
     registry = default_registry().params_for("Observation")
     for p in by_type["Observation"]["searchParam"]:
-        assert registry[p["name"]].type == p["type"] != "composite"
+        assert registry[p["name"]].type == p["type"] != "special"
+    obs_params = {p["name"]: p["type"] for p in by_type["Observation"]["searchParam"]}
+    assert obs_params["code-value-quantity"] == "composite" and "_text" not in obs_params
+    assert "Observation:subject" in by_type["Observation"]["searchInclude"]
+    assert "Observation:subject" in patient["searchRevInclude"] and "*" in patient["searchRevInclude"]
+    location = by_type["Location"]
+    assert "near" not in {p["name"] for p in location["searchParam"]} and "near" in location["documentation"]
+    assert "near" in rest["documentation"]
+    assert {p["name"] for p in rest["searchParam"]} >= {"_id", "_lastUpdated", "_tag", "_profile", "_security"}
+    assert "http://hl7.org/fhir/CompartmentDefinition/patient" in rest["compartment"]
+    assert {"code": "search-system"} in rest["interaction"]
     assert "R4 StructureDefinition" in by_type["MedicinalProduct"]["documentation"]
     assert "R4B" in patient["documentation"]
     assert {"code": "history-system"} in rest["interaction"]

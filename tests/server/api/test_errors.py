@@ -71,6 +71,18 @@ BAD_REQUESTS = [
     ("GET", "/fhir/Patient/_history?_count=abc", b"", FHIR, 400, "_count"),
     ("GET", "/fhir/Patient?birthdate=notadate", b"", FHIR, 400, "birthdate"),
     ("PUT", "/fhir/Patient/p1", PATIENT.replace(b"{", b'{"id":"p1",', 1), FHIR, 400, None),
+    ("POST", "/fhir", PATIENT, FHIR, 400, "transaction or batch"),
+    ("POST", "/fhir", b'{"resourceType":"Bundle","type":"collection"}', FHIR, 400, "transaction or batch"),
+    (
+        "POST",
+        "/fhir",
+        b'{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"POST","url":"Patient"},'
+        b'"resource":{"resourceType":"Patient","id":"x"}},{"request":{"method":"POST","url":"Patient"},'
+        b'"resource":{"resourceType":"Patient","gender":7}}]}',
+        FHIR,
+        422,
+        "Bundle.entry[1]",
+    ),
 ]
 
 

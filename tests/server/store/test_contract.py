@@ -138,3 +138,89 @@ def test_reset_empties_everything(store: Store) -> None:
     store.reset()
     assert store.read("Patient", "a") is None and store.count_history() == 0
     assert store.query("SELECT COUNT(*) FROM idx_uri")[0][0] == 0
+
+
+def test_composite_rows_keep_their_group(store: Store) -> None:
+    rows = _index(
+        token=[("identifier", None, "1", None), ("combo:0", "urn:s", "a", None, 1), ("combo:0", "urn:s", "b", None, 2)],
+        quantity=[("combo:1", 5.5, None, None, "mg", 1), ("combo:1", 7.0, None, None, "mg", 2)],
+    )
+    _put(store, _res("a", 1, 1.0), index=rows)
+    got = store.query("SELECT param, code, grp FROM idx_token ORDER BY param, code")
+    assert got == [("combo:0", "a", 1), ("combo:0", "b", 2), ("identifier", "1", None)]
+    joined = store.query(
+        "SELECT t.code FROM idx_token t JOIN idx_quantity q ON q.rid = t.rid AND q.grp = t.grp "
+        "WHERE t.param = ? AND q.param = ? AND q.value > ?",
+        ("combo:0", "combo:1", 6),
+    )
+    assert joined == [("b",)]
+
+
+def test_reindex_replaces_rows_of_current_versions_only(store: Store) -> None:
+    a = _put(store, _res("a", 1, 1.0), index=_index(token=[("identifier", "sys", "a1", None)]))
+    b = _put(store, _res("b", 1, 1.0), index=_index(token=[("identifier", "sys", "b1", None)]))
+    _put(store, _res("b", 2, 2.0), index=_index(token=[("identifier", "sys", "b2", None)]))
+    c = _put(store, _res("c", 1, 1.0), index=_index(token=[("identifier", "sys", "c1", None)]))
+    _put(store, StoredResource("Patient", "c", 2, 3.0, True, None))
+    done = store.reindex(
+        [
+            (a.rid, 1, "Patient", _index(token=[("identifier", "sys", "new", None)], uri=[("url", "http://x")])),
+            (b.rid, 1, "Patient", _index(token=[("identifier", "sys", "stale", None)])),  # b is at version 2
+            (c.rid, 1, "Patient", _index(token=[("identifier", "sys", "dead", None)])),  # c was deleted
+        ]
+    )
+    assert done == 1
+    assert sorted(r[0] for r in store.query("SELECT code FROM idx_token")) == ["b2", "new"]
+    assert store.query("SELECT rid, value FROM idx_uri") == [(a.rid, "http://x")]
+    assert store.reindex([]) == 0
+    store.analyze()  # planner statistics: runs on both backends, changes no data
+    assert sorted(r[0] for r in store.query("SELECT code FROM idx_token")) == ["b2", "new"]
+
+
+def test_put_many_and_current_many(store: Store) -> None:
+    """The bulk loader's writes: many resources in one statement per table, creates and updates mixed."""
+    old = _put(store, _res("a", 1, 1.0), index=_index(token=[("identifier", "sys", "a1", None)]))
+    with store.transaction() as tx:
+        current = tx.current_many([("Patient", "a"), ("Patient", "b"), ("Observation", "a")])
+        assert list(current) == [("Patient", "a")] and current[("Patient", "a")].rid == old.rid
+        written = tx.put_many(
+            [
+                (_res("a", 2, 2.0, rid=old.rid), "PUT", _index(token=[("identifier", "sys", "a2", None)])),
+                (_res("b", 1, 2.0), "PUT", _index(token=[("identifier", "sys", "b1", None)], uri=[("url", "u")])),
+                (
+                    StoredResource("Observation", "a", 1, 2.0, False, b'{"resourceType":"Observation","id":"a"}'),
+                    "PUT",
+                    None,
+                ),
+            ]
+        )
+        assert [(r.type, r.id, r.version) for r in written] == [
+            ("Patient", "a", 2),
+            ("Patient", "b", 1),
+            ("Observation", "a", 1),
+        ]
+        assert written[0].rid == old.rid and len({r.rid for r in written}) == 3
+        assert tx.current_many([("Patient", "b")])[("Patient", "b")].version == 1  # sees its own writes
+        tx.put_many([(StoredResource("Patient", "b", 2, 3.0, True, None, rid=written[1].rid), "DELETE", None)])
+    a = store.read("Patient", "a")
+    assert a is not None and a.version == 2
+    b = store.read("Patient", "b")
+    assert b is not None and b.deleted and b.version == 2
+    assert store.query("SELECT code FROM idx_token ORDER BY code") == [("a2",)]  # a1 replaced, b1 deleted
+    assert store.query("SELECT COUNT(*) FROM idx_uri")[0][0] == 0
+    assert [h.method for h in store.history("Patient", "b")] == ["DELETE", "PUT"]
+
+
+def test_generations_move_with_every_commit_that_writes_the_type(store: Store) -> None:
+    before = store.generations(["Patient", "Observation"])
+    _put(store, _res("g1", 1, 1.0))
+    after = store.generations(["Patient", "Observation"])
+    assert after.get("Patient", 0) == before.get("Patient", 0) + 1
+    assert after.get("Observation", 0) == before.get("Observation", 0)
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.put(_res("g2", 1, 2.0), "POST", None)
+        raise RuntimeError("rolled back")
+    assert store.generations(["Patient"]) == {"Patient": after["Patient"]}  # a rollback moves nothing
+    store.reset()
+    assert store.generations(["Patient"]) == {"Patient": after["Patient"]}  # never reset: cache keys stay unique
+    assert store.generations([]) == {}

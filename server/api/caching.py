@@ -1,0 +1,76 @@
+"""Cached GET answers and conditional requests (http://hl7.org/fhir/R4/http.html#cread, RFC 9110 §13).
+
+Wraps a read or search route: the cache key is computed from the request and the current
+generations of the types the answer depends on *before* the answer is produced (see
+:mod:`server.cache` for why that is never stale); a hit is served as stored. ``Cache-Control:
+no-cache`` (or ``Pragma: no-cache``) skips the lookup. ``If-None-Match`` and
+``If-Modified-Since`` are answered with 304 from the ETag and Last-Modified of the answer,
+cached or fresh. Search answers get a weak ETag hashed from their body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from email.utils import parsedate_to_datetime
+
+from flask import Response, request
+
+from server.api.http import FHIR_JSON, ctx, fhir_base, negotiate
+from server.cache import CachedAnswer, request_key
+
+__all__ = ["ALL_TYPES", "cached"]
+
+#: depend on every type (answers that read several types: chains, _has, includes, compartments)
+ALL_TYPES = ("*",)
+
+
+def _not_modified(etag: str | None, last_modified: str | None) -> bool:
+    inm = request.headers.get("If-None-Match")
+    if inm is not None:
+        wanted = {t.strip() for t in inm.split(",")}
+        return etag is not None and ("*" in wanted or etag in wanted or etag.removeprefix("W/") in wanted)
+    ims = request.headers.get("If-Modified-Since")
+    if ims and last_modified:
+        try:
+            return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(ims)
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def _finish(resp: Response, etag: str | None, last_modified: str | None) -> Response:
+    if _not_modified(etag, last_modified):
+        headers = {k: v for k, v in (("ETag", etag), ("Last-Modified", last_modified)) if v}
+        return Response(status=304, headers=headers)
+    return resp
+
+
+def cached(types: Sequence[str], produce: Callable[[], Response]) -> Response:
+    """Answer a GET from the cache when possible, else ``produce()`` it and remember it."""
+    cache = ctx().cache
+    if cache is None or request.method != "GET":
+        resp = produce()
+        return _finish(resp, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+    media = negotiate()
+    params = sorted(request.args.items(multi=True))
+    handling = (request.headers.get("Prefer") or "").replace(" ", "").lower()  # handling=strict: other answer
+    key = cache.key(types, request_key([request.path, params, media, fhir_base(), handling]))
+    control = f"{request.headers.get('Cache-Control', '')},{request.headers.get('Pragma', '')}".lower()
+    if "no-cache" not in control and "no-store" not in control:
+        hit = cache.get(key)
+        if hit is not None:
+            headers = {"ETag": hit.etag, "X-Cache": "HIT"}
+            if hit.last_modified:
+                headers["Last-Modified"] = hit.last_modified
+            resp = Response(hit.body, status=200, headers=headers, content_type=f"{media or FHIR_JSON}; charset=utf-8")
+            return _finish(resp, hit.etag, hit.last_modified)
+    resp = produce()
+    if resp.status_code == 200 and not resp.is_streamed:
+        body = resp.get_data()
+        etag = resp.headers.get("ETag") or f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+        resp.headers["ETag"] = etag
+        resp.headers["X-Cache"] = "MISS"
+        if "no-store" not in control:
+            cache.put(key, CachedAnswer(body, etag, resp.headers.get("Last-Modified")))
+    return _finish(resp, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))

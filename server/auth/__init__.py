@@ -1,0 +1,1 @@
+"""SMART Backend Services authorization: client registry, token endpoint and scope checks."""

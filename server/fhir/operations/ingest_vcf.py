@@ -1,0 +1,799 @@
+"""``$ingest-vcf``: one sample of a VCF file stored as HL7 Genomics Reporting resources.
+
+Entry points: ``python -m server ingest-vcf FILE --patient ID …`` (:mod:`server.cli`) and
+``POST /fhir/Patient/{id}/$ingest-vcf`` (:mod:`server.api.fhir`; a server-defined operation, in
+the manner of http://hl7.org/fhir/R4/operations.html). :mod:`mappers.vcf` maps the file
+(variant Observations, their MolecularSequences, molecular consequences, diagnostic
+implications, phase relationships and the genomic DiagnosticReport, in that order, streaming);
+this module stores the result. It is the bulk path for genomic data:
+
+- **All or nothing.** Everything is written in one store transaction: a :class:`mappers.vcf.VcfError`
+  (bad header, bad record at line N, truncated file) raised half-way rolls it back and nothing is
+  stored. On SQLite the transaction holds the write lock for the whole ingestion (other writers
+  wait, readers do not: WAL).
+- **Idempotent.** The mapper's ids are uuid5 of (patient, sample, file sha256, line, alleles):
+  ingesting the same file for the same patient and sample again finds every resource in place.
+  A resource whose content is unchanged is not written (no new version); a changed one (other
+  ``--source-class``, other regions) gets a new version; a resource the previous ingestion of
+  this file wrote and this one does not (a region dropped) is deleted, its variant's
+  MolecularSequence with it. Another file, even of the same sample, is another ingestion.
+- **No model validation on the hot path.** The mapper's output is validated by its own tests
+  (R4 StructureDefinitions and the R4B models); here only the Patient's existence is checked.
+- **Batched writes** through :meth:`server.store.base.WriteTx.put_many` (one ``executemany`` or
+  ``COPY`` per table per batch of :data:`BATCH` resources), the bulk loader's fast path
+  (:mod:`server.fhir.load`). With ``workers=1`` (the CLI's default on 2+ cores) a forked process
+  maps, indexes and serialises the next batch while this one writes (threads would not overlap:
+  both halves are mostly Python and hold the GIL).
+- **Only what is searched is indexed** (:data:`INDEXED`): ingested Observations get the rows of
+  ``subject``, ``patient``, ``code``, ``gene``, ``chromosome``, ``derived-from`` and ``focus``;
+  MolecularSequences those of ``patient`` and ``referenceseqid``; the DiagnosticReport every
+  parameter. The generic per-component parameters alone (``component-*``, ``combo-*``) would
+  write about 60 rows per variant, 5x what the ingestion writes in all. Variants are found by
+  patient, gene, chromosome, and by position through the genomics operations
+  (:mod:`server.fhir.operations.genomics`), which read the range index. Other parameters
+  (``category``, ``status`` …) do not find ingested resources until ``python -m server reindex
+  --type Observation`` (or an update through the API) indexes them fully. The rows are computed
+  by :class:`Indexer`, a fast path checked against the search registry's extractor.
+- **The range index** (:mod:`server.fhir.operations.variant_ranges`) gets one row per variant,
+  computed here from the resource dict and handed to the store with the index rows.
+- **Background jobs** for large HTTP uploads (:func:`start_job`, :func:`job_status`): a thread of
+  the receiving process, its state in a Task resource that any worker can read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import multiprocessing
+import operator
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import IO, Any
+
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from mappers import genomics_codes as gc
+from mappers.vcf import VcfError, VcfMapping, VcfReport, map_vcf
+from server import jsonio
+from server.errors import BadRequest, FhirError, Gone, Issue, NotFound, PayloadTooLarge
+from server.fhir import crud
+from server.fhir.context import FhirContext
+from server.fhir.operations.variant_ranges import TABLE as RANGE_TABLE
+from server.fhir.operations.variant_ranges import ranges_of
+from server.fhir.resource import check_id, instant
+from server.search.extract import IndexRows, extractor_for, normalize_string, reference_target
+from server.search.registry import Registry
+from server.store.base import INDEX_TABLES, StoredResource, WriteTx
+
+__all__ = [
+    "DEFINITION",
+    "INDEXED",
+    "OPERATION",
+    "TASK_CODE",
+    "Indexer",
+    "IngestResult",
+    "JobStatus",
+    "Upload",
+    "capabilities",
+    "check_patient",
+    "check_size",
+    "count_records",
+    "default_workers",
+    "ingest_registry",
+    "ingest_vcf",
+    "job_status",
+    "receive",
+    "start_job",
+]
+
+#: What ingested resources are indexed for (module docstring): search parameter codes by type.
+#: Other types (the DiagnosticReport) get every parameter of the server's registry.
+INDEXED: dict[str, frozenset[str]] = {
+    "Observation": frozenset({"subject", "patient", "code", "gene", "chromosome", "derived-from", "focus"}),
+    "MolecularSequence": frozenset({"patient", "referenceseqid"}),
+}
+#: resources per store batch (one put_many)
+BATCH = 4000
+
+log = logging.getLogger(__name__)
+
+_registries: weakref.WeakKeyDictionary[Registry, Registry] = weakref.WeakKeyDictionary()
+
+
+def ingest_registry(registry: Registry) -> Registry:
+    """The parameters of ``registry`` that ingested Observations and MolecularSequences are indexed for."""
+    found = _registries.get(registry)
+    if found is None:
+        kept = [p for p in registry.all() if any(t in p.base and p.code in c for t, c in INDEXED.items())]
+        found = _registries[registry] = Registry(kept, registry.types)
+    return found
+
+
+class _Index:
+    """Index rows of one resource as the store reads them, with the range rows precomputed."""
+
+    __slots__ = (*INDEX_TABLES, "derived")
+
+    def __init__(self, rows: Sequence[list[tuple[Any, ...]]], derived: dict[str, list[tuple[Any, ...]]] | None) -> None:
+        for table, table_rows in zip(INDEX_TABLES, rows, strict=True):
+            setattr(self, table, table_rows)
+        self.derived = derived
+
+
+# -- the index rows of the mapper's resources, fast ------------------------------------------
+# The generic extractor (server.search.extract) evaluates each parameter's FHIRPath expression;
+# its ``component.where(code.coding.code = '…')`` filters cost ~0.3 ms per variant, more than
+# mapping it. The functions below compute the same rows for the INDEXED parameters directly.
+# They are a cache of the spec-driven rows, not a second definition: every ingestion compares
+# them with the generic extractor on the first resource of each kind and falls back to it (with
+# a warning) when they differ, e.g. after a SearchParameter in profiles/ changed; the tests
+# compare them on every resource the test VCFs give.
+
+
+def _str(value: Any) -> str | None:
+    return value if value.__class__ is str and value else None
+
+
+def _concept_rows(out: list[tuple[Any, ...]], code: str, concept: Any) -> None:
+    if concept.__class__ is not dict:
+        return
+    for coding in concept.get("coding") or ():
+        if coding.__class__ is dict:
+            system, value, display = _str(coding.get("system")), _str(coding.get("code")), _str(coding.get("display"))
+            if system or value or display:
+                out.append((code, system, value, normalize_string(display) if display else None))
+    text = _str(concept.get("text"))
+    if text:
+        out.append((code, None, None, normalize_string(text)))
+
+
+_TARGETS: dict[str, tuple[str | None, str | None]] = {}
+
+
+def _reference_rows(rows: IndexRows, code: str, value: Any) -> None:
+    if value.__class__ is not dict:
+        return
+    ref = _str(value.get("reference"))
+    if ref and ref[0] != "#":
+        target = _TARGETS.get(ref)
+        if target is None:
+            target = reference_target(ref)
+            if len(_TARGETS) < 4096:  # the subjects of an ingestion recur; derived-from targets do not
+                _TARGETS[ref] = target
+        target_type, target_id = target
+        rows.reference.append((code, target_type, target_id, ref))
+    identifier = value.get("identifier")
+    if identifier.__class__ is dict:
+        system, ident = _str(identifier.get("system")), _str(identifier.get("value"))
+        if system or ident:
+            rows.token.append((code, system, ident, None))
+
+
+def _references(rows: IndexRows, code: str, value: Any) -> None:
+    for item in value if value.__class__ is list else (value,):
+        _reference_rows(rows, code, item)
+
+
+#: component code concept -> its code, by identity: the mapper shares these (read-only) dicts
+#: between resources; the concept is kept so that its id cannot be reused while cached.
+_CODES: dict[int, tuple[Any, str | None]] = {}
+
+
+def _component_code(component: Any) -> str | None:
+    """``component.code.coding.code`` when it is exactly one value (FHIRPath ``=`` with a literal)."""
+    code = component.get("code") if component.__class__ is dict else None
+    hit = _CODES.get(id(code))
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    codings = code.get("coding") if code.__class__ is dict else None
+    value = None
+    if codings.__class__ is list:
+        values = [c.get("code") for c in codings if c.__class__ is dict and c.get("code") is not None]
+        value = values[0] if len(values) == 1 else None
+    if len(_CODES) >= 4096:
+        _CODES.clear()
+    _CODES[id(code)] = (code, value)
+    return value
+
+
+def _observation_rows(resource: dict[str, Any]) -> IndexRows:
+    rows = IndexRows()
+    token = rows.token
+    _concept_rows(token, "code", resource.get("code"))
+    subject = resource.get("subject")
+    if subject is not None:
+        _references(rows, "subject", subject)
+        for item in subject if subject.__class__ is list else (subject,):
+            ref = _str(item.get("reference")) if item.__class__ is dict else None
+            declared = _str(item.get("type")) if item.__class__ is dict else None
+            target = reference_target(ref)[0] if ref and ref[0] != "#" else None
+            if (target or (declared.rsplit("/", 1)[-1] if declared else None)) == "Patient":
+                _reference_rows(rows, "patient", item)
+    for key, code in (("derivedFrom", "derived-from"), ("focus", "focus")):
+        value = resource.get(key)
+        if value is not None:
+            _references(rows, code, value)
+    for component in resource.get("component") or ():
+        which = _component_code(component)
+        if which == gc.GENE_STUDIED:
+            concept = component.get("valueCodeableConcept")
+            _concept_rows(token, "gene", concept)
+            if concept.__class__ is dict:
+                for coding in concept.get("coding") or ():
+                    display = _str(coding.get("display")) if coding.__class__ is dict else None
+                    if display:
+                        token.append(("gene", None, display, None))
+                text = _str(concept.get("text"))
+                if text:
+                    token.append(("gene", None, text, None))
+        elif which == gc.GENOMIC_REF_SEQ:
+            _concept_rows(token, "chromosome", component.get("valueCodeableConcept"))
+    rows.dedupe()
+    return rows
+
+
+def _sequence_rows(resource: dict[str, Any]) -> IndexRows:
+    rows = IndexRows()
+    patient = resource.get("patient")
+    if patient is not None:
+        _references(rows, "patient", patient)
+    reference_seq = resource.get("referenceSeq")
+    if reference_seq.__class__ is dict:
+        _concept_rows(rows.token, "referenceseqid", reference_seq.get("referenceSeqId"))
+    rows.dedupe()
+    return rows
+
+
+_FAST: dict[str, Callable[[dict[str, Any]], IndexRows]] = {
+    "Observation": _observation_rows,
+    "MolecularSequence": _sequence_rows,
+}
+
+
+def _same_rows(a: Any, b: Any) -> bool:
+    return all(sorted(map(repr, getattr(a, t))) == sorted(map(repr, getattr(b, t))) for t in INDEX_TABLES)
+
+
+class Indexer:
+    """The index rows of an ingested resource: the fast path, checked once per kind of resource."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.full = registry
+        self.lean = ingest_registry(registry)
+        self.fast = True
+        self._checked: set[tuple[str, str | None]] = set()
+
+    def generic(self, resource: dict[str, Any]) -> IndexRows:
+        type_ = resource["resourceType"]
+        return extractor_for(type_, self.lean if type_ in INDEXED else self.full)(resource)
+
+    def __call__(self, resource: dict[str, Any]) -> IndexRows:
+        type_ = resource["resourceType"]
+        fast = _FAST.get(type_)
+        if fast is None or not self.fast:
+            return self.generic(resource)
+        rows = fast(resource)
+        code = resource.get("code")
+        codings = code.get("coding") if code.__class__ is dict else None
+        first = codings[0] if codings.__class__ is list and codings else None
+        kind = (type_, first.get("code") if first.__class__ is dict else None)
+        if kind not in self._checked:
+            expected = self.generic(resource)
+            if not _same_rows(rows, expected):
+                log.warning(
+                    "the fast index rows of %s differ from the search registry's (a SearchParameter changed?): "
+                    "this ingestion uses the generic extractor; update server/fhir/operations/ingest_vcf.py",
+                    kind,
+                )
+                self.fast = False
+                return expected
+            self._checked.add(kind)
+        return rows
+
+
+@dataclass
+class IngestResult:
+    """What an ingestion stored (counts are of resources; the report is the mapper's)."""
+
+    report: VcfReport
+    patient: str
+    diagnostic_report: StoredResource
+    report_created: bool = False  #: the DiagnosticReport is new (not an update or unchanged)
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    by_type: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def records_per_second(self) -> float:
+        return self.report.records / self.seconds if self.seconds else 0.0
+
+    @property
+    def variants_per_second(self) -> float:
+        return self.report.variants / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        r = self.report
+        skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(r.skipped.items())) or "none"
+        return (
+            f"Ingested {r.file} (sample {r.sample}, {r.build}) for {self.patient} in "
+            f"{self.seconds:.2f} s: {r.records:,} records ({self.records_per_second:,.0f}/s), "
+            f"{r.variants:,} variants ({self.variants_per_second:,.0f}/s); resources: {self.created:,} created, "
+            f"{self.updated:,} updated, {self.unchanged:,} unchanged, {self.deleted:,} deleted "
+            f"({', '.join(f'{t} {n:,}' for t, n in self.by_type.most_common()) or 'none written'}); "
+            f"skipped records: {skipped}. "
+            f"Report: DiagnosticReport/{self.diagnostic_report.id}"
+        )
+
+
+def count_records(path: str | os.PathLike[str]) -> int:
+    """Data lines of a VCF (plain or gzip/BGZF), for a progress bar's total."""
+    with Path(path).open("rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        with gzip.GzipFile(fileobj=raw) if gz else contextlib.nullcontext(raw) as fh:
+            return sum(1 for line in fh if line[:1] != b"#" and line.strip())
+
+
+# -- preparation: map, index, stamp as version 1, serialise ------------------------------------
+# In a worker process when ``workers`` is 1 (the CLI's default on a multi-core machine): the
+# mapping and the store's writes then run on two cores (threads would share one: both are Python).
+# The worker is forked, so it starts with the parsed header, the registry and the indexer's state;
+# it sends each batch as plain tuples (cheap to pickle) and never touches the store.
+
+Prepared = tuple[str, str, bytes, tuple[list[tuple[Any, ...]], ...], list[tuple[Any, ...]] | None]
+_TABLES_OF = operator.attrgetter(*INDEX_TABLES)  # IndexRows -> its row lists, in INDEX_TABLES order
+_DONE = "done"
+_ERROR = "error"
+_BATCH = "batch"
+
+
+def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[list[Prepared]]:
+    """Batches of (type, id, content stamped as version 1 at ``ts``, index rows by table, range rows)."""
+    batch: list[Prepared] = []
+    last_updated = instant(ts)
+    for resource in mapping.resources():
+        type_ = resource["resourceType"]
+        rows = indexer(resource)
+        ranges = list(ranges_of(resource)) if type_ == "Observation" else None
+        # resource.stamp() for version 1 at ts, without formatting ts again for every resource
+        meta = resource.get("meta")
+        meta = dict(meta) if meta.__class__ is dict else {}
+        meta["versionId"] = "1"
+        meta["lastUpdated"] = last_updated
+        resource["meta"] = meta
+        batch.append((type_, resource["id"], jsonio.dumps(resource), _TABLES_OF(rows), ranges))
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    yield batch
+
+
+def _worker(conn: Connection, mapping: VcfMapping, indexer: Indexer, ts: float) -> None:
+    """Worker process: send every batch with the records read so far, then the mapper's report."""
+    try:
+        for batch in _prepare_all(mapping, indexer, ts):
+            conn.send((_BATCH, batch, mapping.report.records))
+        conn.send((_DONE, mapping.report, indexer.fast))
+    except VcfError as exc:
+        conn.send((_ERROR, ("vcf", exc.file, exc.line, exc.message)))
+    except BaseException as exc:  # noqa: BLE001  # reported to the parent, which raises it
+        conn.send((_ERROR, ("other", type(exc).__name__, str(exc), None)))
+    finally:
+        conn.close()
+
+
+def _batches(mapping: VcfMapping, indexer: Indexer, ts: float, workers: int) -> Iterator[tuple[list[Prepared], int]]:
+    """The prepared batches with the records read so far; mapper errors are raised here."""
+    if workers <= 0:
+        for batch in _prepare_all(mapping, indexer, ts):
+            yield batch, mapping.report.records
+        return
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_worker, args=(send, mapping, indexer, ts), name="vcf-map", daemon=True)
+    process.start()
+    send.close()
+    try:
+        while True:
+            try:
+                message = receive.recv()
+            except EOFError:
+                raise RuntimeError(
+                    f"the VCF mapping process ended unexpectedly (exit code {process.exitcode})"
+                ) from None
+            if message[0] == _BATCH:
+                yield message[1], message[2]
+            elif message[0] == _DONE:
+                mapping.report = message[1]
+                indexer.fast = message[2]
+                return
+            else:
+                kind, a, b, c = message[1]
+                if kind == "vcf":
+                    raise VcfError(a, b, c)
+                raise RuntimeError(f"the VCF mapping process failed: {a}: {b}")
+    finally:
+        receive.close()
+        if process.is_alive():
+            process.terminate()
+        process.join()
+
+
+# -- writing (one transaction, in the caller's thread) ----------------------------------------
+
+
+@dataclass
+class _Counts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    by_type: Counter[str] = field(default_factory=Counter)
+
+
+class _Meta:
+    """Rewrites the ``versionId``/``lastUpdated`` a prepared content was stamped with (version 1 at ``ts``)."""
+
+    def __init__(self, ts: float) -> None:
+        self.first = self._stamp(1, ts)
+
+    @staticmethod
+    def _stamp(version: int, ts: float) -> bytes:
+        return b'"versionId":"' + str(version).encode() + b'","lastUpdated":"' + instant(ts).encode() + b'"'
+
+    def restamp(self, content: bytes, version: int, ts: float) -> bytes:
+        return content.replace(self.first, self._stamp(version, ts), 1)
+
+    def same(self, content: bytes, current: StoredResource) -> bool:
+        """True when ``current`` holds ``content`` (its own versionId/lastUpdated aside)."""
+        if current.content is None:
+            return False
+        ours = self.restamp(content, current.version, current.ts)
+        if ours == current.content:  # SQLite keeps the bytes it was given
+            return True
+        return bool(jsonio.loads(ours) == jsonio.loads(current.content))  # PostgreSQL's JSONB text differs
+
+
+def _write_batch(
+    tx: WriteTx, batch: Sequence[Prepared], ts: float, meta: _Meta, counts: _Counts
+) -> list[StoredResource]:
+    current = tx.current_many([(p[0], p[1]) for p in batch])
+    writes: list[tuple[StoredResource, str, Any]] = []
+    for type_, id_, content, rows, ranges in batch:
+        index = _Index(rows, {RANGE_TABLE: ranges} if ranges is not None else None)
+        cur = current.get((type_, id_))
+        if cur is None:
+            writes.append((StoredResource(type_, id_, 1, ts, False, content), "PUT", index))
+            counts.created += 1
+        elif not cur.deleted and meta.same(content, cur):
+            counts.unchanged += 1
+            continue
+        else:
+            version = cur.version + 1
+            stored = StoredResource(type_, id_, version, ts, False, meta.restamp(content, version, ts), cur.rid)
+            writes.append((stored, "PUT", index))
+            if cur.deleted:
+                counts.created += 1
+            else:
+                counts.updated += 1
+        counts.by_type[type_] += 1
+    return tx.put_many(writes)
+
+
+def _delete_orphans(tx: WriteTx, report: Prepared, ts: float, counts: _Counts) -> None:
+    """Delete what the previous ingestion of this file (same report id) wrote and this one did not."""
+    previous = tx.current("DiagnosticReport", report[1])
+    if previous is None or previous.deleted or previous.content is None:
+        return
+    old = {r.get("reference") for r in jsonio.loads(previous.content).get("result") or ()}
+    new = {r.get("reference") for r in jsonio.loads(report[2]).get("result") or ()}
+    gone = sorted(ref for ref in old - new if isinstance(ref, str) and ref.startswith("Observation/"))
+    keys = [k for ref in gone for k in (("Observation", ref[12:]), ("MolecularSequence", ref[12:]))]
+    if not keys:
+        return
+    current = tx.current_many(keys)
+    tombstones = [
+        (StoredResource(c.type, c.id, c.version + 1, ts, True, None, c.rid), "DELETE", None)
+        for c in current.values()
+        if not c.deleted
+    ]
+    if tombstones:
+        tx.put_many(tombstones)
+        counts.deleted += len(tombstones)
+
+
+def default_workers() -> int:
+    """Mapping processes beside the writer: one when there is a second core, else none."""
+    return 1 if (os.cpu_count() or 1) > 1 else 0
+
+
+def ingest_vcf(
+    ctx: FhirContext,
+    path: str | os.PathLike[str],
+    patient_id: str,
+    *,
+    sample: str | None = None,
+    build: str | None = None,
+    source_class: str = "germline",
+    regions: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    progress: Callable[[int], Any] | None = None,
+    workers: int = 0,
+) -> IngestResult:
+    """Map and store one sample of the VCF at ``path`` for ``Patient/patient_id`` (module docstring).
+
+    ``name`` is how errors name the file (an upload's name rather than its temporary path).
+    ``progress`` is called with the number of records read so far after each batch. ``workers``
+    1 maps in a forked process beside the writing thread (the CLI; :func:`default_workers`), 0 in
+    this thread (the server: no fork in a threaded worker). Raises NotFound/Gone for an unknown/
+    deleted Patient and BadRequest for bad input (the VCF's file and line in the message);
+    nothing is written then.
+    """
+    started = time.perf_counter()
+    check_patient(ctx, patient_id)
+    shown = name or str(path)
+    try:
+        mapping = map_vcf(path, patient_id, sample=sample, build=build, source_class=source_class, regions=regions)
+        result = _store(ctx, mapping, patient_id, progress, workers)
+    except VcfError as exc:
+        file = shown if Path(exc.file) == Path(path) else exc.file
+        where = f"{file}: line {exc.line}" if exc.line is not None else file
+        raise BadRequest(f"{where}: {exc.message}; nothing was stored") from exc
+    except ValueError as exc:  # map_vcf's argument checks (source class, patient id)
+        raise BadRequest(str(exc)) from exc
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _store(
+    ctx: FhirContext, mapping: VcfMapping, patient_id: str, progress: Callable[[int], Any] | None, workers: int
+) -> IngestResult:
+    indexer = Indexer(ctx.registry)
+    counts = _Counts()
+    ts = time.time()
+    meta = _Meta(ts)
+    with ctx.store.transaction() as tx:
+        report_id: str | None = None
+        last: StoredResource | None = None
+        report_created = False
+        for batch, records in _batches(mapping, indexer, ts, workers):
+            if batch and batch[-1][0] == "DiagnosticReport":  # the mapper's last resource
+                report_id = batch[-1][1]
+                _delete_orphans(tx, batch[-1], ts, counts)
+            written = _write_batch(tx, batch, ts, meta, counts)
+            if written and written[-1].type == "DiagnosticReport":
+                last = written[-1]
+                report_created = last.version == 1
+            if progress is not None:
+                progress(records)
+        assert report_id is not None  # the mapper always ends with the report
+        if last is None:  # unchanged: the stored report is the current one
+            last = tx.current("DiagnosticReport", report_id)
+            assert last is not None
+    return IngestResult(
+        report=mapping.report,
+        patient=f"Patient/{patient_id}",
+        diagnostic_report=last,
+        report_created=report_created,
+        created=counts.created,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
+        deleted=counts.deleted,
+        by_type=counts.by_type,
+    )
+
+
+# -- uploads and background ingestion (the HTTP operation) -------------------------------------
+# A large upload is ingested in a background thread of the process that received it; its state is
+# a Task resource (http://hl7.org/fhir/R4/task.html), so that a poll reaching any worker process
+# can answer (the async pattern of http://hl7.org/fhir/R4/async.html: 202 + Content-Location).
+# What survives a restart: a Task left ``in-progress`` by a process that died stays so.
+
+#: the operation's name and canonical (a server-defined operation on Patient)
+OPERATION = "ingest-vcf"
+DEFINITION = "http://bigmed.example/fhir/OperationDefinition/ingest-vcf"
+
+
+def capabilities() -> list[tuple[str, str, str]]:
+    """(resource type, operation name, OperationDefinition canonical) for the CapabilityStatement."""
+    return [("Patient", OPERATION, DEFINITION)]
+
+
+#: Task.code of an ingestion job
+TASK_CODE = {"system": "http://bigmed.example/fhir/CodeSystem/operation", "code": "ingest-vcf"}
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_CHUNK = 1 << 20
+_progress: dict[str, tuple[int, int | None]] = {}  # Task id -> (records read, total) in this process
+
+
+@dataclass
+class Upload:
+    """A request body spooled to a private temporary folder (removed by :meth:`discard`)."""
+
+    folder: Path
+    path: Path
+    size: int
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The VCF upload is larger than this server accepts ({limit:,} bytes, BIGMED_MAX_VCF_BYTES)")
+
+
+def check_size(length: int | None, limit: int) -> None:
+    """PayloadTooLarge when a declared Content-Length is over ``limit`` (before reading anything)."""
+    if length is not None and length > limit:
+        raise _too_large(limit)
+
+
+def receive(stream: IO[bytes], limit: int, filename: str | None = None) -> Upload:
+    """Spool an uploaded VCF (plain or gzip) to disk; PayloadTooLarge past ``limit`` bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="bigmed-vcf-"))
+    try:
+        head = stream.read(_CHUNK)
+        gz = head[:2] == b"\x1f\x8b"
+        name = _SAFE_NAME.sub("_", Path(filename).name).strip("._") if filename else ""
+        if not name:
+            name = "upload.vcf.gz" if gz else "upload.vcf"
+        path = folder / name
+        size = 0
+        with path.open("wb") as out:
+            chunk = head
+            while chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                out.write(chunk)
+                chunk = stream.read(_CHUNK)
+        if size == 0:
+            raise BadRequest(
+                "The request body is empty: send the VCF file (text/plain, text/x-vcf or application/gzip)"
+            )
+        return Upload(folder, path, size)
+    except RequestEntityTooLarge as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise _too_large(limit) from exc
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def check_patient(ctx: FhirContext, patient_id: str) -> None:
+    """NotFound/Gone unless ``Patient/patient_id`` exists (before an upload is read)."""
+    check_id(patient_id)
+    patient = ctx.store.read("Patient", patient_id)
+    if patient is None:
+        raise NotFound(f"Patient/{patient_id} is not known: create the Patient before ingesting its VCF")
+    if patient.deleted:
+        raise Gone(f"Patient/{patient_id} was deleted")
+
+
+def start_job(
+    ctx: FhirContext,
+    upload: Upload,
+    patient_id: str,
+    *,
+    sample: str | None = None,
+    build: str | None = None,
+    source_class: str = "germline",
+) -> str:
+    """Ingest ``upload`` in a background thread (which discards it); returns the id of its Task."""
+    now = instant(time.time())
+    inputs = [{"type": {"text": "file"}, "valueString": upload.path.name}]
+    inputs += [
+        {"type": {"text": key}, "valueString": value}
+        for key, value in (("sample", sample), ("build", build), ("source-class", source_class))
+        if value
+    ]
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "status": "in-progress",
+        "intent": "order",
+        "code": {"coding": [TASK_CODE], "text": "$ingest-vcf"},
+        "for": {"reference": f"Patient/{patient_id}"},
+        "authoredOn": now,
+        "executionPeriod": {"start": now},
+        "input": inputs,
+    }
+    task_id = crud.create(ctx, "Task", task).resource.id
+    _progress[task_id] = (0, None)
+
+    def run() -> None:
+        status = 500
+        outcome: str | None = None
+        try:
+            total = count_records(upload.path)
+            _progress[task_id] = (0, total)
+            result = ingest_vcf(
+                ctx,
+                upload.path,
+                patient_id,
+                sample=sample,
+                build=build,
+                source_class=source_class,
+                name=upload.path.name,
+                progress=lambda n: _progress.__setitem__(task_id, (n, total)),
+            )
+            task["status"] = "completed"
+            task["output"] = [
+                {
+                    "type": {"text": "report"},
+                    "valueReference": {"reference": f"DiagnosticReport/{result.diagnostic_report.id}"},
+                },
+                {"type": {"text": "summary"}, "valueString": result.summary()},
+            ]
+        except FhirError as err:
+            status, outcome = err.status, err.message
+        except Exception:  # a background job has no caller to raise to: log it, record the failure
+            reference = uuid.uuid4().hex[:12]
+            log.exception("ingest-vcf job %s failed (reference %s)", task_id, reference)
+            outcome = f"Internal server error (reference {reference}); the details are in the server log"
+        finally:
+            upload.discard()
+            _progress.pop(task_id, None)
+        if task["status"] != "completed":
+            task["status"] = "failed"
+            task["statusReason"] = {"text": outcome}
+            task["output"] = [{"type": {"text": "http-status"}, "valueInteger": status}]
+        task["executionPeriod"]["end"] = instant(time.time())
+        task["id"] = task_id
+        task.pop("meta", None)
+        try:
+            crud.update(ctx, "Task", task_id, task)
+        except Exception:  # nothing to report to: the Task stays in-progress
+            log.exception("could not record the end of ingest-vcf job %s", task_id)
+
+    threading.Thread(target=run, name=f"ingest-vcf-{task_id}", daemon=True).start()
+    return task_id
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a poll of an ingestion job answers: status, body (a resource or None) and headers."""
+
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+def job_status(ctx: FhirContext, task_id: str) -> JobStatus:
+    """The state of ingestion job ``task_id``: 202 running, 200 + the DiagnosticReport, or the failure."""
+    task = crud.read(ctx, "Task", task_id)
+    assert task.content is not None
+    doc = jsonio.loads(task.content)
+    codings = (doc.get("code") or {}).get("coding") or []
+    if not any(c.get("system") == TASK_CODE["system"] and c.get("code") == TASK_CODE["code"] for c in codings):
+        raise NotFound(f"Task/{task_id} is not a $ingest-vcf job")
+    outputs = {(o.get("type") or {}).get("text"): o for o in doc.get("output") or []}
+    if doc.get("status") == "completed":
+        ref = outputs["report"]["valueReference"]["reference"]
+        report = crud.read(ctx, "DiagnosticReport", ref.split("/", 1)[1])
+        return JobStatus(200, report, {"Location": ref})
+    if doc.get("status") == "failed":
+        status = int(outputs.get("http-status", {}).get("valueInteger", 500))
+        message = (doc.get("statusReason") or {}).get("text") or "the ingestion failed"
+        return JobStatus(status, Issue(message), {})
+    headers = {"Retry-After": "2"}
+    read, total = _progress.get(task_id, (0, None))
+    if task_id in _progress:
+        headers["X-Progress"] = f"{read:,} of {total:,} records" if total else f"{read:,} records"
+    else:
+        headers["X-Progress"] = "in progress"
+    return JobStatus(202, None, headers)

@@ -1,0 +1,448 @@
+"""VCF ingestion (``python -m server ingest-vcf`` and ``POST /fhir/Patient/{id}/$ingest-vcf``) on both backends.
+
+Counts against the mapper's own report, idempotent re-ingestion (no new versions), updates and
+deletions when the mapping changes, all-or-nothing on bad input (file and line in the error),
+the lean index (search by ``gene``/``chromosome``, the fast rows equal the registry's), the
+range index kept in step with REST writes, and the HTTP operation (sync, async, limits).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mappers.vcf import map_vcf
+from server.cli import main
+from server.fhir import crud
+from server.fhir.operations import ingest_vcf as ingest
+from server.fhir.operations.variant_ranges import ranges_of
+from server.search.extract import extractor_for
+from tests.conftest import SHARED, make_app
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "vcf"
+VEP = DATA / "vep_clinvar_grch37.vcf"
+PHASED = DATA / "phased_grch38.vcf"
+NB6 = SHARED / "vcf" / "vcf2fhir" / "NB6TK328_filtered.vcf"
+EXAMPLE3 = SHARED / "vcf" / "vcf2fhir" / "vcf_example3.vcf"
+STRUCTURAL = SHARED / "vcf" / "vcf2fhir" / "vcf_structural_variants.vcf"
+HG00404 = SHARED / "vcf" / "vcf2fhir" / "HG00404_b37.vcf"
+
+
+def shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared test data not found: {path}")
+    return path
+
+
+def _ctx(app: Any) -> Any:
+    return app.extensions["bigmed"]
+
+
+def _patient(ctx: Any, id_: str = "p1") -> None:
+    crud.update(ctx, "Patient", id_, {"resourceType": "Patient", "id": id_})
+
+
+def _count(ctx: Any, sql: str, *params: Any) -> int:
+    return int(ctx.store.query(sql, params)[0][0])
+
+
+def _current(ctx: Any) -> Counter[str]:
+    rows = ctx.store.query("SELECT res_type, COUNT(*) FROM resources WHERE deleted = 0 GROUP BY res_type")
+    return Counter({str(t): int(n) for t, n in rows})
+
+
+def _expected(path: Path, patient: str = "p1", **kwargs: Any) -> tuple[Any, list[dict[str, Any]]]:
+    mapping = map_vcf(path, patient, **kwargs)
+    resources = list(mapping.resources())
+    return mapping.report, resources
+
+
+def _ids(ctx: Any, type_: str, patient: str = "p1") -> list[str]:
+    return crud.find_matches(ctx, None, type_, f"patient=Patient/{patient}", limit=1_000_000)
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_cli_ingest_counts_match_the_mapper_and_reingest_is_idempotent(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], workers: str
+) -> None:
+    path = shared(NB6)
+    app = make_app(database_url)
+    ctx = _ctx(app)
+    _patient(ctx)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    report, resources = _expected(path)
+    assert main(["ingest-vcf", str(path), "--patient", "p1", "--quiet", "--workers", workers]) == 0
+    out = capsys.readouterr().out
+    assert f"{report.variants} variants" in out and f"{len(resources)} created, 0 updated" in out
+    by_type = Counter(r["resourceType"] for r in resources)
+    current = _current(ctx)
+    assert current["Observation"] == by_type["Observation"] == report.variants + 5 + 5  # + consequences, implications
+    assert current["MolecularSequence"] == report.resources["MolecularSequence"] == report.variants == 5
+    assert current["DiagnosticReport"] == 1
+    assert _count(ctx, "SELECT COUNT(*) FROM variant_range") == report.variants
+    history = _count(ctx, "SELECT COUNT(*) FROM history")
+
+    # the same file again: everything found in place, nothing written
+    assert main(["ingest-vcf", str(path), "--patient", "p1", "--quiet", "--workers", workers]) == 0
+    assert f"0 created, 0 updated, {len(resources)} unchanged" in capsys.readouterr().out
+    assert _current(ctx) == current
+    assert _count(ctx, "SELECT COUNT(*) FROM history") == history
+    assert _count(ctx, "SELECT MAX(version) FROM resources") == 1
+    assert _count(ctx, "SELECT COUNT(*) FROM variant_range") == report.variants
+    # ids are the mapper's
+    assert sorted(_ids(ctx, "MolecularSequence")) == sorted(
+        r["id"] for r in resources if r["resourceType"] == "MolecularSequence"
+    )
+    app.extensions["bigmed"].store.close()
+
+
+def test_cli_bad_vcf_names_file_and_line_and_writes_nothing(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    app = make_app(database_url)
+    ctx = _ctx(app)
+    _patient(ctx)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    lines = VEP.read_text().splitlines()
+    data_start = next(i for i, line in enumerate(lines) if line.startswith("#CHROM")) + 1
+    broken = [*lines[: data_start + 3], "13\t32918000\t.\tZ\tG\t.\tPASS\t.\tGT\t0/1", *lines[data_start + 3 :]]
+    bad = tmp_path / "broken.vcf"
+    bad.write_text("\n".join(broken) + "\n")
+    monkeypatch.setattr(ingest, "BATCH", 2)  # earlier batches are written before the bad line is read
+    before = _current(ctx)
+    assert main(["ingest-vcf", str(bad), "--patient", "p1", "--quiet", "--workers", "0"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: line {data_start + 4}: REF 'Z' is not a sequence of A, C, G, T, N; nothing was stored" in err
+    assert _current(ctx) == before
+    assert _count(ctx, "SELECT COUNT(*) FROM variant_range") == 0
+    assert _count(ctx, "SELECT COUNT(*) FROM history WHERE res_type != 'Patient'") == 0
+
+    # the same from the mapping process
+    assert main(["ingest-vcf", str(bad), "--patient", "p1", "--quiet", "--workers", "1"]) == 1
+    assert f"line {data_start + 4}: REF" in capsys.readouterr().err
+    assert _current(ctx) == before
+
+    # bad header, unknown patient, unknown file
+    assert main(["ingest-vcf", str(shared(SHARED / "vcf" / "vcf2fhir" / "vcf_example1.vcf")), "--patient", "p1"]) == 1
+    assert "unknown build" in capsys.readouterr().err
+    assert main(["ingest-vcf", str(VEP), "--patient", "nobody", "--quiet"]) == 1
+    assert "Patient/nobody is not known" in capsys.readouterr().err
+    assert main(["ingest-vcf", str(tmp_path / "missing.vcf"), "--patient", "p1", "--quiet"]) == 1
+    assert "missing.vcf: no such file" in capsys.readouterr().err
+    assert _current(ctx) == before
+    app.extensions["bigmed"].store.close()
+
+
+# -- the domain function -----------------------------------------------------------------------
+
+
+def test_changed_mapping_updates_in_place_and_deletes_what_is_gone(app: Any, tmp_path: Path) -> None:
+    ctx = _ctx(app)
+    _patient(ctx)
+    first = ingest.ingest_vcf(ctx, VEP, "p1")
+    assert first.report_created and first.created == sum(first.by_type.values())
+    assert first.report.variants == 5
+    # the same file with only chromosome 13: the chromosome 10 variant and what hangs on it go
+    bed = tmp_path / "chr13.bed"
+    bed.write_text("13\t0\t115169878\n")
+    second = ingest.ingest_vcf(ctx, VEP, "p1", regions=bed)
+    assert second.report.variants == 4
+    # variant, its MolecularSequence, its consequence and implication
+    assert second.deleted == 4
+    assert second.updated == 1  # the DiagnosticReport: its result list and summary changed
+    assert second.unchanged == sum(first.by_type.values()) - 4 - 1
+    assert not second.report_created and second.diagnostic_report.version == 2
+    assert _count(ctx, "SELECT COUNT(*) FROM variant_range") == 4
+    assert _count(ctx, "SELECT COUNT(*) FROM variant_range WHERE ref_seq = 'NC_000010.10'") == 0
+    # somatic: every variant Observation changes (source class component), nothing else does
+    third = ingest.ingest_vcf(ctx, VEP, "p1", regions=bed, source_class="somatic")
+    assert third.updated == 4 and third.created == 0 and third.deleted == 0
+    assert _count(ctx, "SELECT COUNT(*) FROM variant_range WHERE source_class = 'somatic'") == 4
+
+
+def test_unknown_patient_and_bad_arguments(app: Any) -> None:
+    ctx = _ctx(app)
+    from server.errors import BadRequest, Gone, NotFound
+
+    with pytest.raises(NotFound):
+        ingest.ingest_vcf(ctx, VEP, "p1")
+    _patient(ctx)
+    with pytest.raises(BadRequest, match="source_class"):
+        ingest.ingest_vcf(ctx, VEP, "p1", source_class="mosaic")
+    with pytest.raises(BadRequest, match="conflicting build"):
+        ingest.ingest_vcf(ctx, VEP, "p1", build="GRCh38")
+    crud.delete(ctx, "Patient", "p1")
+    with pytest.raises(Gone):
+        ingest.ingest_vcf(ctx, VEP, "p1")
+
+
+def test_search_by_gene_and_chromosome(app: Any) -> None:
+    ctx = _ctx(app)
+    _patient(ctx)
+    _patient(ctx, "p2")
+    ingest.ingest_vcf(ctx, VEP, "p1")
+    ingest.ingest_vcf(ctx, shared(NB6), "p2")
+    client = app.test_client()
+
+    def total(query: str) -> int:
+        response = client.get(f"/fhir/Observation?{query}&_summary=count")
+        assert response.status_code == 200, response.json
+        return int(response.json["total"])
+
+    # p1: CYP2C19 rs4244285 (variant + consequence + ClinVar implication; only the variant has the gene)
+    assert total("subject=Patient/p1&gene=CYP2C19") == 1
+    assert total("subject=Patient/p1&gene=HGNC:2621") == 1
+    assert total("subject=Patient/p1&gene=http://www.genenames.org/geneId|HGNC:2621") == 1
+    assert total("subject=Patient/p1&gene=BRCA2") == 1
+    assert total("patient=p2&gene=BRCA2") == 1
+    assert total("gene=BRCA2") == 2
+    assert total("gene=BRCA1") == 0
+    assert total("subject=Patient/p1&chromosome=NC_000013.10") == 4
+    assert total("subject=Patient/p2&chromosome=http://www.ncbi.nlm.nih.gov/refseq|NC_000013.11") == 1
+    assert total("subject=Patient/p1&code=http://loinc.org|69548-6") == 5
+    assert total("derived-from=Observation/442f68c5-883d-5aea-9024-d5a07ebf1251") == 2  # consequence, implication
+    # the MolecularSequences, by patient and reference sequence
+    response = client.get("/fhir/MolecularSequence?patient=p1&referenceseqid=NC_000013.10&_summary=count")
+    assert response.json["total"] == 4
+
+
+@pytest.mark.parametrize("path", [VEP, PHASED, NB6, EXAMPLE3, STRUCTURAL, HG00404])
+def test_fast_index_rows_equal_the_search_registrys(app: Any, path: Path) -> None:
+    """The ingestion's fast rows are exactly what the registry's extractor gives for the lean parameters."""
+    ctx = _ctx(app)
+    indexer = ingest.Indexer(ctx.registry)
+    lean = ingest.ingest_registry(ctx.registry)
+    kinds: Counter[str] = Counter()
+    for resource in map_vcf(shared(path), "p1").resources():
+        type_ = resource["resourceType"]
+        rows = indexer(resource)
+        expected = extractor_for(type_, lean if type_ in ingest.INDEXED else ctx.registry)(resource)
+        for table in ("token", "string", "reference", "date", "number", "quantity", "uri"):
+            assert sorted(map(repr, getattr(rows, table))) == sorted(map(repr, getattr(expected, table))), (
+                type_,
+                table,
+                resource["id"],
+            )
+        kinds[type_] += 1
+    assert indexer.fast
+    assert set(ingest.INDEXED) <= set(kinds)
+    # every parameter of INDEXED is defined by the registry (a rename would silently drop rows)
+    for type_, codes in ingest.INDEXED.items():
+        assert set(lean.params_for(type_)) >= codes, type_
+
+
+def test_fast_index_falls_back_when_a_parameter_changes(app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    ctx = _ctx(app)
+    indexer = ingest.Indexer(ctx.registry)
+    resources = list(map_vcf(VEP, "p1").resources())
+    variant = next(r for r in resources if r["resourceType"] == "Observation")
+    indexer.lean = ingest.ingest_registry(ctx.registry)
+    # pretend the registry's gene parameter no longer has the symbol branch
+    from server.search.registry import Registry, parse_search_parameter
+
+    changed = []
+    for p in indexer.lean.all():
+        if p.code == "gene":
+            definition = {
+                "url": p.url,
+                "code": p.code,
+                "base": list(p.base),
+                "type": p.type,
+                "expression": "Observation.component.where(code.coding.code = '48018-6').value.ofType(CodeableConcept)",
+            }
+            changed.append(parse_search_parameter(definition))
+        else:
+            changed.append(p)
+    indexer.lean = Registry(changed, ctx.registry.types)
+    rows = indexer(variant)
+    assert not indexer.fast
+    assert "differ from the search registry" in caplog.text
+    assert ("gene", None, "CYP2C19", None) not in rows.token
+
+
+def test_range_index_follows_rest_writes(app: Any) -> None:
+    """A variant Observation written through the API gets its range row; update and delete replace it."""
+    ctx = _ctx(app)
+    _patient(ctx)
+    resources = list(map_vcf(VEP, "p1").resources())
+    variant = next(r for r in resources if r["resourceType"] == "Observation")
+    body = json.loads(json.dumps(variant))
+    body.pop("derivedFrom")
+    client = app.test_client()
+    response = client.put(f"/fhir/Observation/{body['id']}", json=body, content_type="application/fhir+json")
+    assert response.status_code == 201, response.json
+    rows = ctx.store.query(
+        "SELECT subject, ref_seq, start_pos, end_pos, ref_allele, alt_allele, structural FROM variant_range"
+    )
+    assert [tuple(r) for r in rows] == [("Patient/p1", "NC_000010.10", 96541615, 96541616, "G", "A", 0)]
+    # moved by an update: the row follows
+    for component in body["component"]:
+        if component["code"]["coding"][0]["code"] == "81254-5":
+            component["valueRange"] = {"low": {"value": 100}, "high": {"value": 101}}
+    client.put(f"/fhir/Observation/{body['id']}", json=body, content_type="application/fhir+json")
+    assert [tuple(r) for r in ctx.store.query("SELECT start_pos, end_pos FROM variant_range")] == [(100, 101)]
+    # not a variant any more: no row
+    body["code"] = {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}
+    client.put(f"/fhir/Observation/{body['id']}", json=body, content_type="application/fhir+json")
+    assert _count(ctx, "SELECT COUNT(*) FROM variant_range") == 0
+    body["code"] = variant["code"]
+    client.put(f"/fhir/Observation/{body['id']}", json=body, content_type="application/fhir+json")
+    assert _count(ctx, "SELECT COUNT(*) FROM variant_range") == 1
+    assert client.delete(f"/fhir/Observation/{body['id']}").status_code == 204
+    assert _count(ctx, "SELECT COUNT(*) FROM variant_range") == 0
+
+
+def test_ranges_of_reads_coordinates() -> None:
+    variant = next(r for r in map_vcf(VEP, "p1").resources() if r["resourceType"] == "Observation")
+    bin_ = 585 + (96541615 >> 17)  # the 128 kb bin holding it
+    assert ranges_of(variant) == [("Patient/p1", "NC_000010.10", 96541615, 96541616, bin_, "G", "A", 0, "germline")]
+    one_based = json.loads(json.dumps(variant))
+    for component in one_based["component"]:
+        if component["code"]["coding"][0]["code"] == "92822-6":
+            component["valueCodeableConcept"] = {"coding": [{"system": "http://loinc.org", "code": "LA30102-0"}]}
+        if component["code"]["coding"][0]["code"] == "81254-5":
+            component["valueRange"] = {"low": {"value": 96541616}, "high": {"value": 96541616}}
+    assert ranges_of(one_based)[0][2:4] == (96541615, 96541616)
+    assert ranges_of({"resourceType": "Observation", "code": {"coding": [{"code": "8867-4"}]}}) == []
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+def test_http_ingest_sync(app: Any) -> None:
+    ctx = _ctx(app)
+    client = app.test_client()
+    data = VEP.read_bytes()
+    assert client.post("/fhir/Patient/p1/$ingest-vcf", data=data, content_type="text/plain").status_code == 404
+    _patient(ctx)
+    response = client.post(
+        "/fhir/Patient/p1/$ingest-vcf?sample=S1&source-class=germline",
+        data=data,
+        content_type="text/x-vcf",
+        headers={"Content-Disposition": 'attachment; filename="cyp2c19 sample.vcf"'},
+    )
+    assert response.status_code == 201, response.json
+    report = response.json
+    assert report["resourceType"] == "DiagnosticReport" and report["code"]["coding"][0]["code"] == "51969-4"
+    assert report["subject"] == {"reference": "Patient/p1"}
+    assert response.headers["Location"] == f"http://testserver/fhir/DiagnosticReport/{report['id']}/_history/1"
+    assert "cyp2c19_sample.vcf" in report["conclusion"]
+    assert len(report["result"]) == 5 + 2 + 4
+    # again: the same report, nothing new
+    history = _count(ctx, "SELECT COUNT(*) FROM history")
+    again = client.post(
+        "/fhir/Patient/p1/$ingest-vcf",
+        data=data,
+        content_type="text/plain",
+        headers={"Content-Disposition": 'attachment; filename="cyp2c19 sample.vcf"'},
+    )
+    assert again.status_code == 200 and again.json["id"] == report["id"]
+    assert again.json["meta"]["versionId"] == "1"
+    assert _count(ctx, "SELECT COUNT(*) FROM history") == history
+    # under another name: the same resources, the report says the new name (version 2)
+    renamed = client.post("/fhir/Patient/p1/$ingest-vcf", data=data, content_type="text/plain")
+    assert renamed.status_code == 200 and renamed.json["id"] == report["id"]
+    assert renamed.json["meta"]["versionId"] == "2" and "upload.vcf" in renamed.json["conclusion"]
+    assert _count(ctx, "SELECT COUNT(*) FROM history") == history + 1
+    # gzip upload of the same content: another file (other sha256), another report
+    gz = client.post("/fhir/Patient/p1/$ingest-vcf", data=gzip.compress(data), content_type="application/gzip")
+    assert gz.status_code == 201 and gz.json["id"] != report["id"]
+
+
+def test_http_ingest_errors(database_url: str) -> None:
+    app = make_app(database_url, max_body_bytes=1000, max_vcf_bytes=4000)
+    ctx = _ctx(app)
+    _patient(ctx)
+    client = app.test_client()
+    data = VEP.read_bytes()
+    assert 1000 < len(data) < 4000  # over the JSON body limit, under the VCF one
+    response = client.post("/fhir/Patient/p1/$ingest-vcf", data=data, content_type="text/plain")
+    assert response.status_code == 201, response.json
+    too_big = client.post("/fhir/Patient/p1/$ingest-vcf", data=data + b"#" * 4000, content_type="text/plain")
+    assert too_big.status_code == 413 and "BIGMED_MAX_VCF_BYTES" in too_big.json["issue"][0]["diagnostics"]
+    wrong = client.post("/fhir/Patient/p1/$ingest-vcf", data=data, content_type="application/fhir+json")
+    assert wrong.status_code == 415 and wrong.json["resourceType"] == "OperationOutcome"
+    bad = client.post(
+        "/fhir/Patient/p1/$ingest-vcf",
+        data=data.replace(b"96541616\trs4244285;12345\tG", b"96541616\trs4244285;12345\tZ"),
+        content_type="text/plain",
+    )
+    assert bad.status_code == 400
+    assert (
+        "upload.vcf: line 15: REF 'Z' is not a sequence of A, C, G, T, N; nothing was stored"
+        in bad.json["issue"][0]["diagnostics"]
+    )
+    unknown = client.post("/fhir/Patient/p1/$ingest-vcf?regions=x.bed", data=data, content_type="text/plain")
+    assert unknown.status_code == 400
+    empty = client.post("/fhir/Patient/p1/$ingest-vcf", data=b"", content_type="text/plain")
+    assert empty.status_code == 400
+    assert _count(ctx, "SELECT COUNT(*) FROM resources WHERE res_type = 'DiagnosticReport'") == 1
+    app.extensions["bigmed"].store.close()
+
+
+def _poll(client: Any, url: str) -> Any:
+    path = url.replace("http://testserver", "")
+    for _ in range(300):
+        response = client.get(path)
+        if response.status_code != 202:
+            return response
+        assert "X-Progress" in response.headers
+        time.sleep(0.05)
+    raise AssertionError("the ingestion did not finish")
+
+
+def test_http_ingest_async(database_url: str) -> None:
+    app = make_app(database_url, vcf_async_bytes=0)
+    ctx = _ctx(app)
+    _patient(ctx)
+    client = app.test_client()
+    response = client.post("/fhir/Patient/p1/$ingest-vcf", data=VEP.read_bytes(), content_type="text/plain")
+    assert response.status_code == 202, response.json
+    status_url = response.headers["Content-Location"]
+    assert status_url.startswith("http://testserver/fhir/Task/") and status_url.endswith("/$ingest-vcf-status")
+    done = _poll(client, status_url)
+    assert done.status_code == 200, done.json
+    assert done.json["resourceType"] == "DiagnosticReport"
+    assert done.headers["Location"] == f"http://testserver/fhir/DiagnosticReport/{done.json['id']}"
+    task = client.get(status_url.replace("http://testserver", "").removesuffix("/$ingest-vcf-status")).json
+    assert task["status"] == "completed" and task["for"] == {"reference": "Patient/p1"}
+    # a failure is answered by the status endpoint with the ingestion's error; nothing stored
+    failing = client.post("/fhir/Patient/p1/$ingest-vcf", data=b"not a vcf\n", content_type="text/plain")
+    assert failing.status_code == 202
+    failed = _poll(client, failing.headers["Content-Location"])
+    assert failed.status_code == 400
+    assert "upload.vcf: line 1: not a VCF file" in failed.json["issue"][0]["diagnostics"]
+    # a Task that is not an ingestion
+    other = crud.create(ctx, "Task", {"resourceType": "Task", "status": "draft", "intent": "order"}).resource.id
+    assert client.get(f"/fhir/Task/{other}/$ingest-vcf-status").status_code == 404
+    app.extensions["bigmed"].store.close()
+
+
+def test_capability_statement_lists_the_operations(client: Any) -> None:
+    statement = client.get("/fhir/metadata").json
+    by_type = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    observation_ops = {op["name"] for op in by_type["Observation"]["operation"]}
+    assert "find-subject-variants" in observation_ops and "find-population-specific-variants" in observation_ops
+    assert [op["name"] for op in by_type["Patient"]["operation"]] == ["ingest-vcf"]
+    gene = next(p for p in by_type["Observation"]["searchParam"] if p["name"] == "gene")
+    assert gene["definition"] == "http://bigmed.example/fhir/SearchParameter/observation-gene"
+
+
+def test_count_records(tmp_path: Path) -> None:
+    assert ingest.count_records(VEP) == 5
+    gz = tmp_path / "x.vcf.gz"
+    with gzip.open(gz, "wb") as out:
+        out.write(VEP.read_bytes())
+    assert ingest.count_records(gz) == 5
+    shutil.copy(VEP, tmp_path / "copy.vcf")
+    assert ingest.count_records(tmp_path / "copy.vcf") == 5

@@ -1,0 +1,79 @@
+"""Keyset paging stays correct while data changes, with and without ``_sort``
+(http://hl7.org/fhir/R4/search.html#count, http.html#paging), and search never returns deleted
+or superseded versions, also among included resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.server.search.searchutil import bundle, entries, ids, link, put_all
+
+
+def _patient(id_: str, family: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": id_, "name": [{"family": family}]}
+
+
+def test_sorted_pages_while_data_changes(client: Any) -> None:
+    put_all(client, [_patient("b", "Berg"), _patient("d", "Dahl"), _patient("f", "Fjell"), _patient("h", "Hagen")])
+    first = bundle(client, "Patient?_sort=family&_count=2")
+    assert ids(first) == ["b", "d"]
+    # written after the first page: one sorts before the cursor, one after; one on page 2 goes away
+    put_all(client, [_patient("a", "Aas"), _patient("g", "Gran")])
+    client.delete("/fhir/Patient/f")
+    second = bundle(client, link(first, "next") or "")
+    assert ids(second) == ["g", "h"]
+    assert link(second, "next") is None
+    # previous from page 2: the two rows just before it, now including the new 'a' further back
+    back = bundle(client, link(second, "previous") or "")
+    assert ids(back) == ["b", "d"] and link(back, "previous") is not None
+    assert ids(bundle(client, link(back, "previous") or "")) == ["a"]
+
+
+def test_sorted_pages_follow_a_moved_resource(client: Any) -> None:
+    put_all(client, [_patient("b", "Berg"), _patient("d", "Dahl"), _patient("f", "Fjell")])
+    first = bundle(client, "Patient?_sort=-family&_count=1")
+    assert ids(first) == ["f"]
+    put_all(client, [_patient("f", "Aas")])  # f moves behind the cursor's remaining rows
+    rest = []
+    page = first
+    while (nxt := link(page, "next")) is not None:
+        page = bundle(client, nxt)
+        rest += ids(page)
+    assert rest == ["d", "b", "f"]  # f is seen again at its new place, nothing is skipped
+
+
+def test_unsorted_pages_and_total(client: Any) -> None:
+    put_all(client, [_patient(f"p{i}", "Same") for i in range(7)])
+    seen: list[str] = []
+    page = bundle(client, "Patient?family=same&_count=3&_total=accurate")
+    assert page["total"] == 7
+    while True:
+        seen += ids(page)
+        nxt = link(page, "next")
+        if nxt is None:
+            break
+        put_all(client, [_patient(f"n{len(seen)}", "Same")])  # new rows land at the end
+        page = bundle(client, nxt)
+    assert seen[:7] == [f"p{i}" for i in range(7)] and len(seen) == len(set(seen)) == 9
+
+
+def test_included_resources_are_current_versions(client: Any) -> None:
+    put_all(
+        client,
+        [
+            {"resourceType": "Organization", "id": "o1", "name": "Old name"},
+            {"resourceType": "Organization", "id": "o2", "name": "Gone"},
+            {**_patient("p1", "Berg"), "managingOrganization": {"reference": "Organization/o1"}},
+            {**_patient("p2", "Dahl"), "managingOrganization": {"reference": "Organization/o2"}},
+        ],
+    )
+    put_all(client, [{"resourceType": "Organization", "id": "o1", "name": "New name"}])
+    client.delete("/fhir/Organization/o2")
+    b = bundle(client, "Patient?_include=Patient:organization")
+    assert entries(b) == ["Patient/p1", "Patient/p2"] and entries(b, "include") == ["Organization/o1"]
+    included = next(e["resource"] for e in b["entry"] if e["search"]["mode"] == "include")
+    assert included["name"] == "New name" and included["meta"]["versionId"] == "2"
+    assert entries(bundle(client, "Organization?_revinclude=Patient:organization")) == ["Organization/o1"]
+    assert entries(bundle(client, "Patient?organization.name=gone")) == []
+    assert entries(bundle(client, "Patient?organization.name=old")) == []
+    assert entries(bundle(client, "Patient?organization.name=new")) == ["Patient/p1"]
