@@ -3,9 +3,11 @@
 A search is parsed against the registry (:mod:`server.search.registry`): every parameter is
 looked up for the resource type(s) searched and handled by its ``type`` — never by resource-type
 name. Each parameter occurrence becomes one condition ``r.rid [NOT] IN (subquery)`` on the
-``resources`` row (values of one parameter, comma-separated, are OR-ed; repeated parameters are
-AND-ed), and a search returns current, non-deleted resources only: index rows exist for current
-versions alone (``server/store/base.py``) and the ``resources`` row must not be a tombstone.
+``resources`` row, or ``EXISTS`` (a probe per candidate) for open ranges such as
+``date=ge2018`` that match much of a table. Values of one parameter (comma-separated) are
+OR-ed, repeated parameters AND-ed. A search returns current, non-deleted resources only: index
+rows exist for current versions alone (``server/store/base.py``) and the ``resources`` row
+must not be a tombstone.
 
 Parameter types (search.html#ptypes) and modifiers (#modifiers):
 
@@ -142,6 +144,7 @@ def searchable(sp: SearchParam, resource_type: str) -> bool:
 
 
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_ONE_SIDED = frozenset({"gt", "lt", "ge", "le", "sa", "eb"})
 #: Upper end of a byte-order prefix range: no UTF-8 string sorts after ``prefix + _TOP``.
 _TOP = "\U0010ffff"
 #: sort value column per parameter type: (ascending key, descending key) as (aggregate, column)
@@ -297,10 +300,12 @@ def _range_condition(
         return f"{hi} > ?", [high]
     if prefix == "lt":
         return f"{lo} < ?", [low]
+    # ge = gt or eq: "hi > high OR (lo >= low AND hi <= high)", which (as lo <= hi) is the
+    # index-friendly "hi > high OR lo >= low"; le likewise
     if prefix == "ge":
-        return f"({hi} > ? OR {contained})", [high, low, high]
+        return f"({hi} > ? OR {lo} >= ?)", [high, low]
     if prefix == "le":
-        return f"({lo} < ? OR {contained})", [low, low, high]
+        return f"({lo} < ? OR {hi} <= ?)", [low, high]
     if prefix == "sa":
         return f"{lo} >= ?", [high]
     if prefix == "eb":
@@ -571,10 +576,14 @@ class _Parser:
         except (ValueError, InvalidOperation) as exc:
             raise BadRequest(f"Invalid value for search parameter '{sp.code}': {exc}") from exc
         cond = " OR ".join(c for c, _ in conds)
-        return Clause(
-            f"{a}.rid IN (SELECT rid FROM idx_{table} WHERE param = ?{scope} AND ({cond}))",
-            [sp.code, *scope_params, *[x for _, ps in conds for x in ps]],
-        )
+        args = [sp.code, *scope_params, *[x for _, ps in conds for x in ps]]
+        if kind in ("date", "number", "quantity") and all(_split_prefix(v)[0] in _ONE_SIDED for v in values):
+            # an open range (date=ge2018) usually matches much of the table: probe each candidate
+            # through the (rid, param …) index instead of listing every match first (no res_type
+            # condition: the rid fixes the type, and the probe then reads the index alone)
+            probe = [sp.code, *[x for _, ps in conds for x in ps]]
+            return Clause(f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ? AND ({cond}))", probe)
+        return Clause(f"{a}.rid IN (SELECT rid FROM idx_{table} WHERE param = ?{scope} AND ({cond}))", args)
 
     def missing_clause(self, a: str, sp: SearchParam, scope: str, scope_params: list[Any], raw: str) -> Clause:
         if raw.lower() not in ("true", "false"):
