@@ -12,6 +12,9 @@ How "never stale" is achieved, simply:
   therefore makes every answer it could change unreachable for every worker on every machine
   the moment it commits, before the writer gets its response: read-your-writes holds across
   processes.
+* The key also carries the **database's identity**, a random number drawn when its schema is
+  created (``type_gen`` row ``@store``): databases sharing one Redis (tenants, test schemas, a
+  database dropped and created again) never answer for each other, whatever their generations.
 * Redis holds only values under such content-addressed keys, with a TTL; no invalidation
   message is ever sent, so a Redis outage or a lost message cannot leave a stale entry behind.
   When Redis is down or slow (connect/read timeouts of a few ms), lookups miss, the database
@@ -38,7 +41,7 @@ import orjson
 import redis
 from prometheus_client import Counter, Histogram
 
-from server.store.base import Store
+from server.store.base import STORE_ID_KEY, Store
 
 __all__ = ["CacheBackend", "CachedAnswer", "LocalBackend", "QueryCache", "RedisBackend", "open_cache"]
 
@@ -163,8 +166,8 @@ class QueryCache:
         generations on, so the answer stored under this key is never served after that write.
         """
         wanted = sorted(set(types))
-        gens = self.store.generations(wanted)
-        material = request_key + "|" + ",".join(f"{t}:{gens.get(t, 0)}" for t in wanted)
+        gens = self.store.generations([*wanted, STORE_ID_KEY])
+        material = f"{gens.get(STORE_ID_KEY, 0)}|{request_key}|" + ",".join(f"{t}:{gens.get(t, 0)}" for t in wanted)
         return "bigmed:q:" + hashlib.blake2b(material.encode(), digest_size=20).hexdigest()
 
     # -- values ----------------------------------------------------------------------------

@@ -18,7 +18,20 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["INDEX_TABLES", "ConflictRetry", "DerivedIndex", "HistoryEntry", "Store", "StoredResource", "WriteTx"]
+__all__ = [
+    "INDEX_TABLES",
+    "STORE_ID_KEY",
+    "ConflictRetry",
+    "DerivedIndex",
+    "HistoryEntry",
+    "Store",
+    "StoredResource",
+    "WriteTx",
+]
+
+#: ``type_gen`` row holding the database's random identity (drawn at creation, never moved):
+#: part of every query-cache key, so two databases sharing a Redis never share answers.
+STORE_ID_KEY = "@store"
 
 #: index table name -> value columns, in the order of the tuples of ``IndexRows`` (search/extract.py).
 #: A row is ``(param, *values)``, or ``(param, *values, grp)`` for a composite's component row
@@ -92,6 +105,13 @@ class WriteTx(Protocol):
 
         Entries whose version is no longer the current one are skipped; returns how many were
         replaced.
+        """
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one write statement (``?`` placeholders) once per row, inside this transaction.
+
+        For the tables features own beside the resources (e.g. the EHR message log and
+        quarantine, :mod:`server.fhir.operations.ehr_store`); resources go through put/put_many.
         """
 
 

@@ -7,13 +7,14 @@ SQL is written with ``?`` placeholders; the PostgreSQL store rewrites them to ``
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Any
 
-from server.store.base import INDEX_TABLES, DerivedIndex, HistoryEntry, StoredResource
+from server.store.base import INDEX_TABLES, STORE_ID_KEY, DerivedIndex, HistoryEntry, StoredResource
 from server.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, ddl
 
 __all__ = ["INDEX_COLUMNS", "Cursor", "SqlStoreBase", "SqlWriteTx", "derived_rows", "index_params"]
@@ -130,6 +131,12 @@ class SqlStoreBase:
             )
         elif row[0] < SCHEMA_VERSION:
             cur.execute(self._sql("UPDATE schema_meta SET version = ?"), (SCHEMA_VERSION,))
+        # the database's identity, drawn once: cache keys carry it (server/cache.py), so databases
+        # sharing one Redis never answer for each other even when their generations coincide
+        cur.execute(
+            self._sql("INSERT INTO type_gen (res_type, gen) VALUES (?, ?) ON CONFLICT (res_type) DO NOTHING"),
+            (STORE_ID_KEY, secrets.randbits(62)),
+        )
 
     # -- reads ----------------------------------------------------------------------------
     def _select_current(self, where: str) -> str:
@@ -468,6 +475,11 @@ class SqlWriteTx:
             if derived:
                 self._insert_rows(d.table, ("rid", *d.columns), derived)
         return out
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One write statement per row (feature tables beside the resources, see ``WriteTx``)."""
+        if rows:
+            self.cur.executemany(self.store._sql(sql), [tuple(r) for r in rows])
 
     def _insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert many rows into ``table`` (``executemany``; PostgreSQL uses COPY)."""

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from server.cache import CachedAnswer, LocalBackend, QueryCache, RedisBackend
+from server.store import open_store
 
 
 class FakeStore:
@@ -61,6 +62,27 @@ def test_key_changes_when_a_dependency_is_written() -> None:
     store.gens["Encounter"] = 7  # a write to an unrelated type
     assert cache.key(["Patient", "Observation"], "GET /Patient?name=x") == k2
     assert cache.key(["Patient"], "GET /Patient?name=y") != cache.key(["Patient"], "GET /Patient?name=x")
+
+
+def test_databases_sharing_a_backend_never_share_answers(tmp_path: Any) -> None:
+    """Two real databases with equal generations still get different keys: the store id is in them."""
+    stores = [open_store(f"sqlite:///{tmp_path / name}.sqlite") for name in ("a", "b")]
+    try:
+        backend = LocalBackend()  # one shared backend, as one Redis for several databases
+        caches = [QueryCache(backend, s) for s in stores]
+        assert stores[0].generations(["Patient"]) == stores[1].generations(["Patient"]) == {}
+        keys = [c.key(["Patient"], "GET /Patient?name=x") for c in caches]
+        assert keys[0] != keys[1]
+        caches[0].put(keys[0], _answer("from a"))
+        assert caches[1].get(keys[1]) is None
+        reopened = open_store(f"sqlite:///{tmp_path / 'a'}.sqlite")  # the identity is durable
+        try:
+            assert QueryCache(backend, reopened).key(["Patient"], "GET /Patient?name=x") == keys[0]
+        finally:
+            reopened.close()
+    finally:
+        for s in stores:
+            s.close()
 
 
 def test_values_over_the_size_limit_are_not_stored() -> None:
