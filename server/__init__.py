@@ -14,6 +14,7 @@ from server import errors
 from server.api import fhir as fhir_api
 from server.api import health as health_api
 from server.api import metrics as metrics_api
+from server.api import ui as ui_api
 from server.cache import open_cache
 from server.config import Config
 from server.fhir.context import FhirContext
@@ -42,5 +43,6 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(fhir_api.bp)
     app.register_blueprint(health_api.bp)
     app.register_blueprint(metrics_api.bp)
+    app.register_blueprint(ui_api.bp)
     metrics_api.init_app(app)
     return app
