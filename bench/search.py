@@ -7,12 +7,14 @@ What it measures (http://hl7.org/fhir/R4/search.html)
     clones of it with new ids (every id and reference of a clone gets a ``-cK`` suffix), so the
     default run holds ~116,600 resources. Then:
 
-    ``write+index``  resources/s written without validation through the bulk write path the
-                     loader uses (stamp, serialise, extract index rows, ``WriteTx.put_many``;
-                     ``--batch`` resources per transaction)
+    ``load``         resources/s of the bulk loader (``server.fhir.load.load``, what ``python -m
+                     server load`` runs, its worker processes included) on that data written as
+                     NDJSON files: parse, validate (R4 StructureDefinitions), extract index rows,
+                     write resources, history and index rows; the product's indexing throughput
     ``extract``      resources/s of index-row extraction alone (CPU, one core; the Synthea sample)
-    ``reindex``      resources/s of ``python -m server reindex`` (read, parse, extract, compare with
-                     the stored rows, write what changed: here nothing, as it runs right after the load)
+    ``reindex``      resources/s of ``python -m server reindex`` with its default worker processes
+                     (read, parse, extract, compare with the stored rows, write what changed: here
+                     nothing, as it runs right after the load)
     queries          p50/p99 latency (ms) of a representative mix, each run ``--repeat`` times with
                      rotating values, in-process through the domain function
                      ``server.fhir.search.search`` (parse, SQL, read the page, build the Bundle) and,
@@ -68,12 +70,11 @@ sys.path.insert(0, str(REPO))
 from server import create_app, jsonio  # noqa: E402  # the repository root is put on sys.path first
 from server.config import Config  # noqa: E402
 from server.fhir.context import FhirContext  # noqa: E402
-from server.fhir.resource import stamp  # noqa: E402
+from server.fhir.load import default_workers, load  # noqa: E402
 from server.fhir.search import search  # noqa: E402
 from server.search.extract import extract  # noqa: E402
 from server.search.query import page_sql, parse_search  # noqa: E402
 from server.search.reindex import reindex  # noqa: E402
-from server.store.base import StoredResource  # noqa: E402
 
 SYNTHEA = REPO.parent / "shared" / "data" / "synthea" / "smart-sample-100.tgz"
 PG_SCHEMA = "bigmed_search_bench"
@@ -129,38 +130,24 @@ def clone(bundles: list[list[dict[str, Any]]], k: int) -> Iterator[dict[str, Any
 # -- measurements ----------------------------------------------------------------------------------
 
 
-def write_all(ctx: FhirContext, resources: Iterator[dict[str, Any]], batch: int) -> tuple[int, float]:
-    n, spent = 0, 0.0
-    chunk: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        nonlocal n, spent
-        start = time.perf_counter()
-        unique = list({(r["resourceType"], r["id"]): r for r in chunk}.values())  # a batch writes an id once
-        with ctx.store.transaction() as tx:
-            current = tx.current_many([(r["resourceType"], r["id"]) for r in unique])
-            items = []
-            now = time.time()
-            for r in unique:
-                old = current.get((r["resourceType"], r["id"]))
-                version = old.version + 1 if old else 1
-                stamp(r, r["id"], version, now)
-                stored = StoredResource(
-                    r["resourceType"], r["id"], version, now, False, jsonio.dumps(r), rid=old.rid if old else 0
-                )
-                items.append((stored, "PUT", extract(r, ctx.registry)))
-            tx.put_many(items)
-        spent += time.perf_counter() - start
-        n += len(chunk)
-        chunk.clear()
-
+def write_ndjson(resources: Iterator[dict[str, Any]], folder: Path, lines_per_file: int = 5000) -> int:
+    """Write ``resources`` as NDJSON files (one type per file, as an export would) into ``folder``."""
+    files: dict[str, tuple[Any, int]] = {}
+    n = 0
     for r in resources:
-        chunk.append(r)
-        if len(chunk) >= batch:
-            flush()
-    if chunk:
-        flush()
-    return n, spent
+        type_ = r["resourceType"]
+        handle, count = files.get(type_, (None, lines_per_file))
+        if count >= lines_per_file:
+            if handle is not None:
+                handle.close()
+            part = sum(1 for f in folder.iterdir() if f.name.startswith(type_ + "."))
+            handle, count = (folder / f"{type_}.{part:03d}.ndjson").open("wb"), 0
+        handle.write(jsonio.dumps(r) + b"\n")
+        files[type_] = (handle, count + 1)
+        n += 1
+    for handle, _ in files.values():
+        handle.close()
+    return n
 
 
 def _queries(bundles: list[list[dict[str, Any]]], scale: int, rng: random.Random) -> dict[str, list[str]]:
@@ -312,11 +299,15 @@ def bench_backend(name: str, args: argparse.Namespace, bundles: list[list[dict[s
             extract(doc, ctx.registry)
         ex_rate = len(docs) / (time.perf_counter() - start)
         print(f"  extract     {ex_rate:,.0f} resources/s", flush=True)
-        n, spent = write_all(ctx, everything(), args.batch)
-        print(f"  write+index {n:,} resources in {spent:.1f} s: {n / spent:,.0f} resources/s", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            written = write_ndjson(everything(), Path(tmp))
+            report = load(ctx, [tmp], progress=False, batch_size=args.batch)
+        assert not report.failures and report.processed == written, report.summary()
+        n, spent = report.processed, report.seconds
+        print(f"  load        {n:,} resources in {spent:.1f} s: {n / spent:,.0f} resources/s", flush=True)
         _analyze(ctx)  # fresh statistics, as autovacuum would give a live server
         start = time.perf_counter()
-        m = reindex(ctx.store, ctx.registry, batch=args.batch)
+        m = reindex(ctx.store, ctx.registry, batch=args.batch, workers=default_workers())
         re_spent = time.perf_counter() - start
         print(f"  reindex     {m:,} resources in {re_spent:.1f} s: {m / re_spent:,.0f} resources/s", flush=True)
         _analyze(ctx)
@@ -337,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
     parser.add_argument("--scale", type=int, default=10, help="copies of the Synthea sample (1 = as shipped)")
     parser.add_argument("--repeat", type=int, default=100, help="runs per query")
-    parser.add_argument("--batch", type=int, default=500, help="resources per write transaction")
+    parser.add_argument("--batch", type=int, default=2000, help="resources per write transaction")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--http", action="store_true", help="also time each query through the Flask test client")
     parser.add_argument("--explain", action="store_true", help="print the query plan of each query")
@@ -370,7 +361,7 @@ def _table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"Search benchmark: Synthea x{args.scale} ({results[0]['resources']:,} resources), {args.repeat} runs/query")
     print(head)
     print(f"{'extract':<12}" + "".join(f"{r['extract']:>21,.0f} r/s" for r in results))
-    print(f"{'write+index':<12}" + "".join(f"{r['write']:>21,.0f} r/s" for r in results))
+    print(f"{'load':<12}" + "".join(f"{r['write']:>21,.0f} r/s" for r in results))
     print(f"{'reindex':<12}" + "".join(f"{r['reindex']:>21,.0f} r/s" for r in results))
     for i, q in enumerate(results[0]["queries"]):
         cells = []
