@@ -19,7 +19,8 @@ $(STAMP): requirements.txt
 
 install: $(STAMP) ## create .venv and install the requirements
 
-run: install ## serve the sandbox on http://$(HOST):$(PORT)/fhir (SQLite, in-process cache, open auth)
+run: install ## seed the sandbox's synthetic patients (idempotent), serve it on http://$(HOST):$(PORT)/fhir (SQLite, in-process cache, open auth)
+	$(BIN)/python -m server seed
 	BIGMED_AUTH=$${BIGMED_AUTH:-open} $(BIN)/python -m server serve --host $(HOST) --port $(PORT) --workers 2
 
 test: install ## run the whole test suite (PostgreSQL/Redis tests skip loudly when those servers are absent)

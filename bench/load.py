@@ -7,6 +7,10 @@ What it measures, on each storage backend (SQLite, then PostgreSQL):
                  11,659 resources) into an empty database; resources/s is resources processed / the
                  loader's own wall time (app start-up excluded, it is reported apart).
 ``load again``   the same files once more: every resource is compared and found unchanged.
+``export``       Bulk Data ``$export`` (:mod:`server.fhir.operations.export`, what the background
+                 job runs) of the loaded sample to NDJSON files, system level and Patient level,
+                 in this process; resources/s is resources written / wall time, and the growth of
+                 the process's peak RSS is reported (the export streams: it should stay flat).
 ``transaction``  ``POST /fhir`` of small transaction Bundles (1 Patient + 5 Observations referring
                  to it by ``urn:uuid``) through HTTP against the real server started as production
                  does (``python -m server serve --workers 2``: gunicorn), ``--clients`` concurrent
@@ -113,13 +117,47 @@ def pg_schema(base: str, create: bool) -> bool:
     return True
 
 
-def bench_load(backend: str, url: str, data: Path, workers: int | None, batch: int) -> list[Row]:
+def bench_export(backend: str, ctx: Any) -> list[Row]:
+    """Export the loaded data (system and Patient level) as the background job does, in this process."""
+    from server.fhir.operations import export
+
+    rows = []
+    for level in ("system", "patient"):
+        req = export.parse_request(ctx, level, [], f"bench {level} export")
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with Meter() as m:
+            job = export.kick_off(ctx, req, background=False)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
+        manifest = export.poll(ctx, job, "http://bench/fhir").manifest
+        assert manifest is not None
+        n = sum(o["count"] for o in manifest["output"])
+        folder = Path(ctx.config.export_dir) / job
+        size = sum(p.stat().st_size for p in folder.glob("*.ndjson"))
+        rows.append(
+            Row(
+                backend,
+                f"export, {level} level ({len(manifest['output'])} files)",
+                n,
+                m.seconds,
+                f"{n / m.seconds:,.0f} res/s",
+                f"{size / 1e6:,.1f} MB NDJSON, {m.cpu_seconds:.1f} CPU-s, peak RSS +{grown / 1024:,.1f} MB, "
+                f"machine busy {m.busy:.1f}",
+            )
+        )
+        export.cancel(ctx, job)
+    return rows
+
+
+def bench_load(
+    backend: str, url: str, data: Path, workers: int | None, batch: int, export_dir: Path | None = None
+) -> list[Row]:
     from server import create_app
     from server.config import Config
     from server.fhir.load import default_workers, load
 
     t0 = time.perf_counter()
-    ctx = create_app(Config(database_url=url)).extensions["bigmed"]
+    cfg = Config(database_url=url, export_dir=str(export_dir or data.parent / "exports"))
+    ctx = create_app(cfg).extensions["bigmed"]
     startup = time.perf_counter() - t0
     ctx.store.reset()
     rows = []
@@ -143,6 +181,8 @@ def bench_load(backend: str, url: str, data: Path, workers: int | None, batch: i
                     f"app start {startup:.1f} s",
                 )
             )
+        if export_dir is not None:
+            rows += bench_export(backend, ctx)
     finally:
         ctx.store.close()
     return rows
@@ -283,6 +323,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-export", action="store_true", help="no $export figures")
     args = parser.parse_args()
     if not SAMPLE.exists() and not args.skip_load:
         print(f"the Synthea sample is absent ({SAMPLE})", file=sys.stderr)
@@ -305,7 +346,8 @@ def main() -> int:
                 raise SystemExit(f"unknown backend {backend!r}")
             try:
                 if not args.skip_load:
-                    rows += bench_load(backend, urls[0], data, args.workers, args.batch_size)
+                    export_dir = None if args.skip_export else tmp / f"exports-{backend}"
+                    rows += bench_load(backend, urls[0], data, args.workers, args.batch_size, export_dir)
                     print(f"{backend}: load done", file=sys.stderr)
                 if not args.skip_http:
                     if backend == "postgresql":  # a fresh schema for the HTTP run too

@@ -11,8 +11,13 @@ import logging
 from flask import Flask
 
 from server import errors
+from server.api import audit as audit_api
+from server.api import auth as auth_api
+from server.api import bulk as bulk_api
+from server.api import cds as cds_api
 from server.api import fhir as fhir_api
 from server.api import health as health_api
+from server.api import hl7v2 as hl7v2_api
 from server.api import metrics as metrics_api
 from server.api import ui as ui_api
 from server.cache import open_cache
@@ -40,8 +45,13 @@ def create_app(config: Config | None = None) -> Flask:
     )
     app.extensions["bigmed"] = FhirContext(config=cfg, store=store, registry=default_registry(), cache=cache)
     errors.init_app(app)
+    auth_api.init_app(app)  # token endpoint, SMART discovery, bearer guard, rate limit, CORS, security headers
+    audit_api.init_app(app)  # AuditEvent of every /fhir request (after auth: its after_request runs first)
     app.register_blueprint(fhir_api.bp)
+    app.register_blueprint(bulk_api.bp)
+    cds_api.init_app(app)  # CDS Hooks at /cds-services (client JWT verifier + blueprint)
     app.register_blueprint(health_api.bp)
+    app.register_blueprint(hl7v2_api.bp)
     app.register_blueprint(metrics_api.bp)
     app.register_blueprint(ui_api.bp)
     metrics_api.init_app(app)

@@ -9,6 +9,8 @@ with a progress bar and a summary; it exits 1 when something failed to load.
 ``ingest-vcf FILE --patient ID …`` stores one sample of a VCF as Genomics Reporting resources
 (:mod:`server.fhir.operations.ingest_vcf`) in one transaction, with a progress bar; bad input
 is reported with its file and line, exit code 1, and nothing is stored.
+``seed [--folder DIR]`` stores the sandbox's synthetic patients (:mod:`server.sandbox.seed`);
+``make run`` runs it before serving; a rerun writes nothing.
 """
 
 from __future__ import annotations
@@ -17,16 +19,22 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from tqdm import tqdm
 
 from server import create_app
+from server.auth import cli as clients_cli
 from server.config import Config
 from server.errors import FhirError
 from server.fhir.load import LoadReport, load
+from server.fhir.operations import ingest_hl7 as hl7
+from server.fhir.operations.call_pgx import call_pgx
+from server.fhir.operations.ingest_csv import CsvReport, ingest_csv, kind_of
 from server.fhir.operations.ingest_vcf import count_records, default_workers, ingest_vcf
+from server.sandbox import seed as sandbox
 from server.search.reindex import count_current, reindex
 
 __all__ = ["main"]
@@ -138,6 +146,131 @@ def _ingest_vcf(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _call_pgx(args: argparse.Namespace, cfg: Config) -> int:
+    """``call-pgx --patient ID…``: PGx calls from each Patient's stored variants; exit 1 if one failed."""
+    context = create_app(cfg).extensions["bigmed"]
+    failed = 0
+    try:
+        for patient in tqdm(args.patient, unit="patient", desc="call-pgx", disable=args.quiet or len(args.patient) < 2):
+            try:
+                print(call_pgx(context, patient, assume_reference=args.assume_reference).summary())
+            except FhirError as err:
+                print(f"call-pgx: Patient/{patient}: {err.message}", file=sys.stderr)
+                failed += 1
+    finally:
+        context.store.close()
+    return 1 if failed else 0
+
+
+def _count_messages(path: str) -> int:
+    """About how many HL7 v2 messages a file holds (segment starts ``MSH``), for the progress bar."""
+    count, tail = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            data = tail + chunk
+            count += sum(data.count(sep + b"MSH") for sep in (b"\r", b"\n", b"\x0b"))
+            count -= sum(tail.count(sep + b"MSH") for sep in (b"\r", b"\n", b"\x0b"))
+            tail = data[-4:]
+    return count
+
+
+def _ingest_hl7(args: argparse.Namespace, cfg: Config) -> int:
+    """``ingest-hl7 FILE…``: store each message atomically; summary and quarantine; exit 1 if any quarantined."""
+    missing = [p for p in args.files if not os.path.isfile(p)]
+    if missing:
+        print(f"ingest-hl7: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    context = create_app(cfg).extensions["bigmed"]
+    report = hl7.Hl7Report()
+    total = None if args.quiet else sum(_count_messages(p) for p in args.files)
+    handles = [open(p, "rb") for p in args.files]  # noqa: SIM115  # closed in finally, streamed by the mapper
+    try:
+        with tqdm(total=total, unit="msg", desc="ingest-hl7", disable=args.quiet, dynamic_ncols=True) as bar:
+            hl7.ingest_hl7(
+                context,
+                [(os.path.basename(p), fh) for p, fh in zip(args.files, handles, strict=True)],
+                workers=hl7.default_workers() if args.workers is None else args.workers,
+                batch_size=args.batch_size,
+                progress=bar.update,
+                default_tz=args.timezone,
+                validate=args.validate,
+                report=report,
+            )
+    except KeyboardInterrupt:
+        print(report.summary(), file=sys.stderr)
+        print(
+            "Interrupted: stored messages stay; run the same command again (duplicates are skipped).", file=sys.stderr
+        )
+        return 130
+    finally:
+        for fh in handles:
+            fh.close()
+        context.store.close()
+    print(report.summary())
+    return 1 if report.quarantined else 0
+
+
+def _ingest_csv(args: argparse.Namespace, cfg: Config) -> int:
+    """``ingest-csv --kind K [--mapping CONFIG] FILE…``: one transaction per row; exit 1 if any quarantined."""
+    try:
+        kind = kind_of(args.kind)
+    except ValueError as exc:
+        print(f"ingest-csv: {exc}", file=sys.stderr)
+        return 2
+    missing = [p for p in args.files if not os.path.isfile(p)]
+    if missing:
+        print(f"ingest-csv: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    context = create_app(cfg).extensions["bigmed"]
+    report = CsvReport()
+    total = None
+    if not args.quiet:
+        with_lines = [open(p, "rb") for p in args.files]  # noqa: SIM115  # closed right here
+        total = sum(max(sum(1 for _ in fh) - 1, 0) for fh in with_lines)
+        for fh in with_lines:
+            fh.close()
+    try:
+        with tqdm(total=total, unit="row", desc=f"ingest-csv {kind}", disable=args.quiet, dynamic_ncols=True) as bar:
+            ingest_csv(
+                context,
+                args.files,
+                kind,
+                mapping=args.mapping,
+                batch_size=args.batch_size,
+                progress=bar.update,
+                validate=args.validate,
+                report=report,
+            )
+    except (OSError, ValueError) as exc:
+        print(f"ingest-csv: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(report.summary(), file=sys.stderr)
+        print(
+            "Interrupted: stored rows stay; run the same command again (unchanged rows write nothing).", file=sys.stderr
+        )
+        return 130
+    finally:
+        context.store.close()
+    print(report.summary())
+    return 1 if report.quarantined else 0
+
+
+def _seed(args: argparse.Namespace, cfg: Config) -> int:
+    """``seed [--folder DIR]``: the sandbox's synthetic patients (idempotent: a rerun writes nothing)."""
+    context = create_app(cfg).extensions["bigmed"]
+    try:
+        with tqdm(total=len(sandbox.steps()), unit="step", desc="seed", disable=args.quiet) as bar:
+            report = sandbox.seed(context, Path(args.folder), step=lambda _name: bar.update())
+    except FhirError as err:
+        print(f"seed: {err.message}", file=sys.stderr)
+        return 1
+    finally:
+        context.store.close()
+    print(report.summary())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m server", description="BigMed FHIR R4 server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +311,36 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="mapping processes beside the writer: 0 or 1 (default: 1 on 2+ cores)"
     )
     vcf_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    pgx_cmd = sub.add_parser("call-pgx", help="star-allele calls from the stored variants of Patients")
+    pgx_cmd.add_argument("--patient", required=True, action="append", metavar="ID", help="Patient id (repeatable)")
+    pgx_cmd.add_argument(
+        "--assume-reference",
+        action="store_true",
+        help="read definition positions without a stored variant as reference",
+    )
+    pgx_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    hl7_cmd = sub.add_parser("ingest-hl7", help="store HL7 v2 messages (ADT, ORU) from files, one transaction each")
+    hl7_cmd.add_argument("files", nargs="+", metavar="FILE")
+    hl7_cmd.add_argument(
+        "--workers", type=int, default=None, help="mapping processes beside the writer (default: cores - 1, at most 4)"
+    )
+    hl7_cmd.add_argument("--batch-size", type=int, default=2000, help="resources per database transaction")
+    hl7_cmd.add_argument("--timezone", default="Europe/Oslo", help="zone of times without an offset")
+    hl7_cmd.add_argument("--validate", action="store_true", help="check every mapped resource against R4 (slower)")
+    hl7_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    csv_cmd = sub.add_parser("ingest-csv", help="store a CSV EHR extract, one transaction per row")
+    csv_cmd.add_argument("files", nargs="+", metavar="FILE")
+    csv_cmd.add_argument(
+        "--kind", required=True, help="patients, encounters, diagnoses, labs (lab_results), medications, phenotypes"
+    )
+    csv_cmd.add_argument("--mapping", default=None, metavar="CONFIG", help="JSON mapping config (docs/ehr-mapping.md)")
+    csv_cmd.add_argument("--batch-size", type=int, default=2000, help="resources per database transaction")
+    csv_cmd.add_argument("--validate", action="store_true", help="check every mapped resource against R4 (slower)")
+    csv_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    clients_cli.add_parser(sub)
+    seed_cmd = sub.add_parser("seed", help="seed the sandbox with synthetic patients (idempotent)")
+    seed_cmd.add_argument("--folder", default="var/sandbox", help="where the generated Bundle and VCFs are written")
+    seed_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -196,4 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _reindex(args, cfg)
     if args.command == "ingest-vcf":
         return _ingest_vcf(args, cfg)
+    if args.command == "ingest-hl7":
+        return _ingest_hl7(args, cfg)
+    if args.command == "ingest-csv":
+        return _ingest_csv(args, cfg)
+    if args.command == "call-pgx":
+        return _call_pgx(args, cfg)
+    if args.command == "clients":
+        return clients_cli.run(args, cfg)
+    if args.command == "seed":
+        return _seed(args, cfg)
     return 2

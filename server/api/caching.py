@@ -1,6 +1,7 @@
 """Cached GET answers and conditional requests (http://hl7.org/fhir/R4/http.html#cread, RFC 9110 §13).
 
-Wraps a read or search route: the cache key is computed from the request and the current
+Wraps a read or search route: the cache key is computed from the request, the authorization
+context (client, grant, patient: :attr:`server.auth.access.Access.cache_scope`) and the current
 generations of the types the answer depends on *before* the answer is produced (see
 :mod:`server.cache` for why that is never stale); a hit is served as stored. ``Cache-Control:
 no-cache`` (or ``Pragma: no-cache``) skips the lookup. ``If-None-Match`` and
@@ -17,6 +18,7 @@ from email.utils import parsedate_to_datetime
 from flask import Response, request
 
 from server.api.http import FHIR_JSON, ctx, fhir_base, negotiate
+from server.auth.access import current_access
 from server.cache import CachedAnswer, request_key
 
 __all__ = ["ALL_TYPES", "cached"]
@@ -55,7 +57,9 @@ def cached(types: Sequence[str], produce: Callable[[], Response]) -> Response:
     media = negotiate()
     params = sorted(request.args.items(multi=True))
     handling = (request.headers.get("Prefer") or "").replace(" ", "").lower()  # handling=strict: other answer
-    key = cache.key(types, request_key([request.path, params, media, fhir_base(), handling]))
+    # the authorization context is part of the key: one client never gets an answer cached for another
+    scope = current_access().cache_scope
+    key = cache.key(types, request_key([request.path, params, media, fhir_base(), handling, scope]))
     control = f"{request.headers.get('Cache-Control', '')},{request.headers.get('Pragma', '')}".lower()
     if "no-cache" not in control and "no-store" not in control:
         hit = cache.get(key)

@@ -30,8 +30,10 @@ from server.fhir import crud
 from server.fhir.bundle import etag, http_date
 from server.fhir.capability import capability_statement
 from server.fhir.history import history
-from server.fhir.operations import genomics
+from server.fhir.operations import call_pgx as pgx_calling
+from server.fhir.operations import genomics, rare
 from server.fhir.operations import ingest_vcf as ingest
+from server.fhir.operations.everything import everything
 from server.fhir.search import search, search_compartment, search_system
 from server.fhir.subset import subset
 from server.fhir.transaction import process as process_bundle
@@ -284,6 +286,24 @@ def ingest_vcf(id_: str) -> Response:
     return fhir_response(report.content, 201 if result.report_created else 200, _headers(report, True), media)
 
 
+@bp.post("/Patient/<id_>/$call-pgx")
+def call_pgx(id_: str) -> Response:
+    """Star-allele calls from the Patient's stored variants (``assumeReference``: query or Parameters)."""
+    media = negotiate()
+    values = request.args.getlist("assumeReference")
+    if request.content_length:
+        body = read_json_body()
+        values += [
+            str(p.get("valueBoolean", "")).lower()
+            for p in body.get("parameter") or ()
+            if p.get("name") == "assumeReference"
+        ]
+    if any(v.lower() not in ("true", "false") for v in values):
+        raise BadRequest("$call-pgx: assumeReference must be true or false")
+    result = pgx_calling.call_pgx(ctx(), id_, assume_reference="true" in (v.lower() for v in values))
+    return fhir_response(result.as_parameters(), media=media)
+
+
 @bp.get("/Task/<id_>/$ingest-vcf-status")
 def ingest_vcf_status(id_: str) -> Response:
     """Poll a background ingestion: 202 while it runs, then the DiagnosticReport (200) or the error."""
@@ -296,6 +316,17 @@ def ingest_vcf_status(id_: str) -> Response:
         headers = {**_headers(res), "Location": f"{fhir_base()}/{job.headers['Location']}"}
         return fhir_response(res.content, 200, headers, media)
     raise error_for_status(job.status, job.body.diagnostics)
+
+
+@bp.route("/Patient/$everything", methods=["GET", "POST"], defaults={"id_": None})
+@bp.route("/Patient/<id_>/$everything", methods=["GET", "POST"])
+def patient_everything(id_: str | None) -> Response:
+    """Patient/$everything (patient-operation-everything.html): the compartment + referenced resources, paged."""
+    media = negotiate()
+    pairs = list(request.args.items(multi=True))
+    if request.method == "POST":
+        pairs += genomics.parameters_pairs(read_json_body())
+    return fhir_response(everything(ctx(), fhir_base(), id_, pairs), media=media)
 
 
 def _genomics_view(name: str) -> Any:
@@ -312,6 +343,22 @@ def _genomics_view(name: str) -> Any:
 
 for _name in genomics.OPERATIONS:
     bp.add_url_rule(f"/Observation/${_name}", f"genomics_{_name}", _genomics_view(_name), methods=["GET", "POST"])
+
+
+def _rare_view(name: str) -> Any:
+    def view(id_: str) -> Response:
+        media = negotiate()
+        pairs = list(request.args.items(multi=True))
+        if request.method == "POST":
+            pairs += genomics.parameters_pairs(read_json_body())
+        return fhir_response(rare.run(ctx(), name, id_, pairs), media=media)
+
+    view.__doc__ = f"Rare-disease Patient/{{id}}/${name} (GET with query parameters or POST with Parameters)."
+    return view
+
+
+for _name in rare.OPERATIONS:
+    bp.add_url_rule(f"/Patient/<id_>/${_name}", f"rare_{_name}", _rare_view(_name), methods=["GET", "POST"])
 
 
 @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

@@ -26,6 +26,8 @@ __all__ = ["bp"]
 
 _STATIC = Path(__file__).resolve().parent / "ui"
 
+_PAGE_POLICY = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; frame-ancestors 'none'"
+
 bp = Blueprint("ui", __name__, static_folder=str(_STATIC), static_url_path="/ui")
 
 
@@ -33,4 +35,6 @@ bp = Blueprint("ui", __name__, static_folder=str(_STATIC), static_url_path="/ui"
 def index() -> Response:
     response = send_from_directory(_STATIC, "index.html", mimetype="text/html")
     response.headers["Cache-Control"] = "no-cache"
+    # the API's policy is default-src 'none'; the page needs its own script, style and fetch()
+    response.headers["Content-Security-Policy"] = _PAGE_POLICY
     return response

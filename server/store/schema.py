@@ -60,6 +60,26 @@ column>)`` indexes serve deletes, composite joins and, from the index alone, ``_
                index), so its cost does not grow with the number of variants of the subject;
                ``(ref_seq, start_pos)`` serves lookups of one variant across subjects.
 
+``ehr_message`` the EHR message log (:mod:`server.fhir.operations.ehr_store`): one row per stored
+               HL7 v2 message, ``msg_key`` (sender and MSH-10 control id), ``digest`` (SHA-256 of
+               the message text), ``ts``; the same message again is recognised and changes nothing.
+``ehr_quarantine`` every EHR record that did not become FHIR: ``qid``, ``ts``, ``kind``
+               (``hl7v2``/``csv``), ``source`` (file or request), ``record`` (message index or CSV
+               line), ``control_id``, ``message_type``, ``location`` (``PID-3[1]``, a column),
+               ``reason``, ``code`` (HL7 table 0357), ``raw`` (the record as received); read by
+               ``GET /fhir/$quarantine`` (:mod:`server.fhir.operations.quarantine`).
+
+``auth_client`` the SMART client registry (:mod:`server.auth.clients`): ``client_id``, ``jwks`` (a
+               registered JWK Set, JSON) or ``jwks_url``, ``scopes`` (the most it may be granted),
+               ``patient`` (patient-level clients), ``status`` (``active``/``revoked``), ``created``,
+               ``revoked``, ``purpose`` (``treatment`` or ``research``: research clients never see
+               patients who denied research use).
+``auth_key``   the server's token signing keys (:mod:`server.auth.keys`): ``kid``, ``alg``,
+               ``private_pem``, ``created``.
+``audit_event`` the audit trail (:mod:`server.audit`), append-only: ``aid``, ``ts``, ``agent``
+               (client id), ``patient`` (id, NULL when none), ``action`` (C R U D E),
+               ``outcome`` (FHIR AuditEvent outcome code), ``content`` (the AuditEvent JSON).
+
 ``type_gen``   a generation counter per resource type, moved by every commit that writes the
                type (server/cache.py keys cached answers by it; never reset).
 ``schema_meta`` one row: the schema version; :func:`migrate` brings any older database up
@@ -173,6 +193,28 @@ CREATE TABLE IF NOT EXISTS variant_range (
 CREATE INDEX IF NOT EXISTS variant_range_subject ON variant_range (subject, ref_seq, bin, start_pos);
 CREATE INDEX IF NOT EXISTS variant_range_position ON variant_range (ref_seq, start_pos);
 CREATE INDEX IF NOT EXISTS variant_range_rid ON variant_range (rid);
+CREATE TABLE IF NOT EXISTS ehr_message (msg_key {text} PRIMARY KEY, digest TEXT NOT NULL, ts {real} NOT NULL);
+CREATE TABLE IF NOT EXISTS ehr_quarantine (
+    qid {pk}, ts {real} NOT NULL, kind TEXT NOT NULL, source {text} NOT NULL, record INTEGER,
+    control_id {text}, message_type TEXT, location TEXT, reason TEXT NOT NULL, code TEXT, raw TEXT
+);
+CREATE INDEX IF NOT EXISTS ehr_quarantine_ts ON ehr_quarantine (ts);
+CREATE INDEX IF NOT EXISTS ehr_quarantine_source ON ehr_quarantine (source, ts);
+CREATE TABLE IF NOT EXISTS auth_client (
+    client_id {text} PRIMARY KEY, jwks TEXT, jwks_url TEXT, scopes TEXT NOT NULL, patient {text},
+    status TEXT NOT NULL, created {real} NOT NULL, revoked {real},
+    purpose TEXT NOT NULL DEFAULT 'treatment'
+);
+CREATE TABLE IF NOT EXISTS auth_key (
+    kid {text} PRIMARY KEY, alg TEXT NOT NULL, private_pem TEXT NOT NULL, created {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_event (
+    aid {pk}, ts {real} NOT NULL, agent {text} NOT NULL, patient {text}, action TEXT NOT NULL,
+    outcome TEXT NOT NULL, content TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_event_ts ON audit_event (ts);
+CREATE INDEX IF NOT EXISTS audit_event_patient ON audit_event (patient, ts);
+CREATE INDEX IF NOT EXISTS audit_event_agent ON audit_event (agent, ts);
 """
 
 #: Columns added after the first release, as (table, column, SQL type): a database created

@@ -8,6 +8,10 @@
   ``$find-subject-specific-variants``, ``$find-subject-structural-intersecting-variants``,
   ``$find-subject-haplotypes``, ``$find-subject-tx-implications``,
   ``$find-subject-dx-implications``, ``$find-population-specific-variants``.
+- :mod:`.ingest_hl7`, :mod:`.ingest_csv` — HL7 v2 feeds (``POST /hl7v2``, ``python -m server
+  ingest-hl7``) and CSV extracts (``ingest-csv``) stored one transaction per record through
+  :mod:`.ehr_store` (bulk transaction rules, message log, quarantine table);
+  :mod:`.quarantine` — ``GET /fhir/$quarantine``, what did not become FHIR.
 - :mod:`.variant_ranges` — the ``variant_range`` table those operations read (a derived index the
   store keeps in step with every write of a variant Observation).
 """

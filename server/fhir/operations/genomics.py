@@ -54,6 +54,7 @@ from typing import Any
 from mappers import genomics_codes as gc
 from server import jsonio
 from server.errors import BadRequest, NotFound
+from server.fhir import guard
 from server.fhir.bundle import fragment
 from server.fhir.context import FhirContext
 from server.fhir.operations.variant_ranges import (
@@ -588,15 +589,30 @@ def find_subject_dx_implications(ctx: FhirContext, pairs: Iterable[tuple[str, st
     return _implications(ctx, "dx", pairs)
 
 
+def _count_subjects_among(ctx: FhirContext, subjects: Sequence[str], source_class: str | None) -> int:
+    """How many of ``subjects`` have variants (of ``source_class``) in the range index."""
+    marks = ", ".join("?" for _ in subjects)
+    sql = f"SELECT COUNT(DISTINCT subject) FROM {TABLE} WHERE subject IN ({marks})"
+    args: list[Any] = list(subjects)
+    if source_class is not None:
+        sql += " AND source_class = ?"
+        args.append(source_class)
+    return int(ctx.store.query(sql, args)[0][0])
+
+
 def find_population_specific_variants(ctx: FhirContext, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     p = _Params("find-population-specific-variants", pairs, ["variants", "genomicSourceClass", "includePatientList"])
     groups = [[parse_allele(text) for text in group] for group in p.groups("variants", required=True)]
     source_class = p.source_class()
     listing = p.flag("includePatientList")
     denominator = count_subjects(ctx.store, source_class)
+    # research clients: patients who denied research use (Consent) are in neither count
+    excluded = {f"Patient/{p}" for p in guard.research_excluded_patients(ctx)}
+    if excluded:
+        denominator -= _count_subjects_among(ctx, sorted(excluded), source_class)
 
     def subjects(allele: Allele) -> set[str]:
-        return {str(r[1]) for r in _candidates(ctx, allele, None, source_class)}
+        return {str(r[1]) for r in _candidates(ctx, allele, None, source_class)} - excluded
 
     def answer(item: str, found: set[str]) -> dict[str, Any]:
         parts: list[dict[str, Any]] = [

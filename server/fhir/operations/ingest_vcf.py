@@ -36,6 +36,10 @@ this module stores the result. It is the bulk path for genomic data:
   by :class:`Indexer`, a fast path checked against the search registry's extractor.
 - **The range index** (:mod:`server.fhir.operations.variant_ranges`) gets one row per variant,
   computed here from the resource dict and handed to the store with the index rows.
+- **PGx calls in the same transaction**: a germline GRCh38 file is also star-allele called
+  (:func:`server.fhir.operations.call_pgx.call_in_ingest`): Genotype + TherapeuticImplication
+  Observations derivedFrom the variants just written, replacing the Patient's earlier calls of
+  the genes called. Other builds and somatic files are not called (said in the summary).
 - **Background jobs** for large HTTP uploads (:func:`start_job`, :func:`job_status`): a thread of
   the receiving process, its state in a Task resource that any worker can read.
 """
@@ -70,6 +74,7 @@ from server import jsonio
 from server.errors import BadRequest, FhirError, Gone, Issue, NotFound, PayloadTooLarge
 from server.fhir import crud
 from server.fhir.context import FhirContext
+from server.fhir.operations.call_pgx import PgxResult, call_in_ingest
 from server.fhir.operations.variant_ranges import TABLE as RANGE_TABLE
 from server.fhir.operations.variant_ranges import ranges_of
 from server.fhir.resource import check_id, instant
@@ -317,6 +322,7 @@ class IngestResult:
     deleted: int = 0
     by_type: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    pgx: PgxResult | None = None  #: the PGx calls made in the same transaction (server.fhir.operations.call_pgx)
 
     @property
     def records_per_second(self) -> float:
@@ -337,6 +343,7 @@ class IngestResult:
             f"({', '.join(f'{t} {n:,}' for t, n in self.by_type.most_common()) or 'none written'}); "
             f"skipped records: {skipped}. "
             f"Report: DiagnosticReport/{self.diagnostic_report.id}"
+            + (f"\n{self.pgx.summary()}" if self.pgx is not None else "")
         )
 
 
@@ -549,7 +556,7 @@ def ingest_vcf(
     shown = name or str(path)
     try:
         mapping = map_vcf(path, patient_id, sample=sample, build=build, source_class=source_class, regions=regions)
-        result = _store(ctx, mapping, patient_id, progress, workers)
+        result = _store(ctx, mapping, patient_id, progress, workers, path=path, source_class=source_class)
     except VcfError as exc:
         file = shown if Path(exc.file) == Path(path) else exc.file
         where = f"{file}: line {exc.line}" if exc.line is not None else file
@@ -561,7 +568,14 @@ def ingest_vcf(
 
 
 def _store(
-    ctx: FhirContext, mapping: VcfMapping, patient_id: str, progress: Callable[[int], Any] | None, workers: int
+    ctx: FhirContext,
+    mapping: VcfMapping,
+    patient_id: str,
+    progress: Callable[[int], Any] | None,
+    workers: int,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    source_class: str = "germline",
 ) -> IngestResult:
     indexer = Indexer(ctx.registry)
     counts = _Counts()
@@ -582,6 +596,12 @@ def _store(
             if progress is not None:
                 progress(records)
         assert report_id is not None  # the mapper always ends with the report
+        pgx_result = None
+        if path is not None:  # PGx calls from the same file, in the same transaction (issue 7)
+            r = mapping.report
+            pgx_result = call_in_ingest(
+                ctx, tx, path, patient_id, sample=r.sample, build=r.build, source_class=source_class
+            )
         if last is None:  # unchanged: the stored report is the current one
             last = tx.current("DiagnosticReport", report_id)
             assert last is not None
@@ -595,6 +615,7 @@ def _store(
         unchanged=counts.unchanged,
         deleted=counts.deleted,
         by_type=counts.by_type,
+        pgx=pgx_result,
     )
 
 

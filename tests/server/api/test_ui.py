@@ -17,6 +17,9 @@ def test_index_page_links_its_assets(client: Any) -> None:
     assert resp.status_code == 200 and resp.mimetype == "text/html"
     page = resp.get_data(as_text=True)
     assert "<title>BigMed FHIR sandbox</title>" in page
+    policy = resp.headers["Content-Security-Policy"]  # the browser may run the page's own script and style only
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy and "connect-src 'self'" in policy
+    assert "<script>" not in page and "style=" not in page  # nothing inline, which that policy would block
     for asset, mimetype in (("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css")):
         assert f'"{asset}"' in page
         got = client.get(asset)
