@@ -22,14 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,50 +35,16 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.auth.jose import sign_jwt  # noqa: E402  # after the sys.path line: run as a script
+from _common import Server, free_port, serve_argv  # noqa: E402  # bench/ is the script's folder
+
+from server.cds.samples import client_jwt, hook_request, searchset, therapeutic_implication  # noqa: E402
 
 SANDBOX_KEY = ROOT.parent / "shared" / "data" / "cds-hooks" / "sandbox-keys" / "ecprivkey.pem"
-KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
-TBD = "http://hl7.org/fhir/uv/genomics-reporting/CodeSystem/tbd-codes-cs"
 SERVICE = "/cds-services/pgx-order-sign"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def implication(gene: str, phenotype: str, score: float | None = None) -> dict[str, Any]:
-    components: list[dict[str, Any]] = [
-        {
-            "code": {"coding": [{"system": TBD, "code": "therapeutic-implication"}]},
-            "valueCodeableConcept": {"text": phenotype},
-        }
-    ]
-    if score is not None:
-        components.append(
-            {
-                "code": {"coding": [{"system": "http://bigmed.example/fhir/CodeSystem/pgx", "code": "activity-score"}]},
-                "valueQuantity": {"value": score},
-            }
-        )
-    components.append(
-        {
-            "code": {"coding": [{"system": "http://loinc.org", "code": "48018-6"}]},
-            "valueCodeableConcept": {
-                "coding": [{"system": "http://www.genenames.org/geneId", "code": gene, "display": gene}]
-            },
-        }
-    )
-    return {
-        "resourceType": "Observation",
-        "id": f"ti-{gene.lower()}",
-        "status": "final",
-        "code": {"coding": [{"system": TBD, "code": "therapeutic-implication"}]},
-        "subject": {"reference": "Patient/bench"},
-        "component": components,
-    }
+    return therapeutic_implication(gene, phenotype, score, patient="bench")
 
 
 PATIENT = {"resourceType": "Patient", "id": "bench", "name": [{"family": "Bench", "given": ["Cds"]}]}
@@ -117,37 +79,23 @@ ORDER = {
 }
 
 
-def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
-
-
 def hook_body(base: str, prefetch: bool) -> bytes:
-    body: dict[str, Any] = {
-        "hookInstance": str(uuid.uuid4()),
-        "hook": "order-sign",
-        "context": {
-            "userId": "Practitioner/example",
-            "patientId": "bench",
-            "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": ORDER}]},
-        },
-    }
     if prefetch:
-        body["prefetch"] = {
+        data = {
             "patient": PATIENT,
             "pgx": searchset(*OBSERVATIONS),
             "conditions": searchset(CONDITION),
             "procedures": searchset(),
         }
+        body = hook_request("order-sign", [ORDER], data, patient="bench")
     else:
-        body["fhirServer"] = f"{base}/fhir"
+        body = hook_request("order-sign", [ORDER], patient="bench", fhirServer=f"{base}/fhir")
     return json.dumps(body).encode()
 
 
 def tokens(base: str, n: int) -> list[str]:
     key = SANDBOX_KEY.read_bytes()
-    now = int(time.time())
-    claims = {"iss": "https://sandbox.cds-hooks.org", "aud": base + SERVICE, "iat": now, "exp": now + 3600}
-    return [sign_jwt({**claims, "jti": str(uuid.uuid4())}, key, alg="ES384", kid=KID) for _ in range(n)]
+    return [client_jwt(base + SERVICE, key, ttl=3600) for _ in range(n)]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -194,7 +142,7 @@ def run_case(base: str, body: bytes, jwts: list[str], concurrency: int) -> tuple
     return latencies, errors[0], time.perf_counter() - started
 
 
-def serve(database_url: str, port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(database_url: str, port: int, workers: int, log: Path) -> Server:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -205,31 +153,19 @@ def serve(database_url: str, port: int, workers: int, log: Path) -> subprocess.P
         "BIGMED_AUDIT": "on",
     }
     env.pop("REDIS_URL", None)
-    argv = [sys.executable, "-m", "server", "serve", "--port", str(port), "--workers", str(workers)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code in (200, 503):
-                return proc
-        except requests.RequestException:
-            time.sleep(0.2)
-    stop(proc)
-    raise RuntimeError(f"the server did not start; see {log}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
+    server = Server("CDS", serve_argv(port, workers), env, port, log)
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
+        server.wait_healthy(60)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def seed(base: str) -> None:
     headers = {"Content-Type": "application/fhir+json"}
-    for resource in (PATIENT, CONDITION, *OBSERVATIONS):
+    resources: list[dict[str, Any]] = [PATIENT, CONDITION, *OBSERVATIONS]
+    for resource in resources:
         url = f"{base}/fhir/{resource['resourceType']}/{resource['id']}"
         resp = requests.put(url, data=json.dumps(resource), headers=headers, timeout=30)
         resp.raise_for_status()
@@ -238,7 +174,7 @@ def seed(base: str) -> None:
 def bench_backend(label: str, database_url: str, args: argparse.Namespace, tmp: Path) -> list[tuple[Any, ...]]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = serve(database_url, port, args.workers, tmp / f"server-{label}.log")
+    server = serve(database_url, port, args.workers, tmp / f"server-{label}.log")
     rows = []
     try:
         seed(base)
@@ -259,7 +195,7 @@ def bench_backend(label: str, database_url: str, args: argparse.Namespace, tmp: 
             )
             print(f"  {label} {case}: done", flush=True)
     finally:
-        stop(proc)
+        server.stop()
     return rows
 
 

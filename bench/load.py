@@ -38,7 +38,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -52,6 +51,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _common import Server, free_port, serve_argv  # noqa: E402  # bench/ is the script's folder
 
 SAMPLE = ROOT.parent / "shared" / "data" / "synthea" / "smart-sample-100.tgz"
 PG_SCHEMA = "bigmed_bench_load"
@@ -231,14 +232,6 @@ def small_bundle(n: int) -> bytes:
     return json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}).encode()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def post(port: int, body: bytes) -> tuple[int, float]:
     t = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -254,22 +247,9 @@ def post(port: int, body: bytes) -> tuple[int, float]:
 def bench_transactions(backend: str, url: str, bundles: int, clients: int, tmp: Path) -> list[Row]:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "BIGMED_LOG_LEVEL": "WARNING"}
-    log = (tmp / f"serve-{backend}.log").open("wb")
-    cmd = [sys.executable, "-m", "server", "serve", "--workers", "2", "--port", str(port)]
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(backend, serve_argv(port, 2), env, port, tmp / f"serve-{backend}.log")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"the server did not start; see {log.name}")
-            time.sleep(0.2)
+        server.wait_healthy(60)
         warm = [small_bundle(-i) for i in range(1, 2 * clients + 1)]
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(lambda b: post(port, b), warm))
@@ -301,12 +281,7 @@ def bench_transactions(backend: str, url: str, bundles: int, clients: int, tmp: 
             )
         ]
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()
 
 
 def main() -> int:

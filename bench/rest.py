@@ -29,6 +29,8 @@ How to run
     make bench                                  # = .venv/bin/python bench/rest.py (both backends)
     .venv/bin/python bench/rest.py --quick      # smoke run (~20 s: small numbers, same code paths)
     .venv/bin/python bench/rest.py --backends sqlite --requests 5000 --concurrency 16 --json out.json
+    .venv/bin/python bench/rest.py --audit async,sync,off   # the audit trail's cost: one server per
+                                                            # BIGMED_AUDIT(_MODE), same rounds, "% off" column
 
     PostgreSQL: ``--pg-url`` (default ``postgresql://postgres@127.0.0.1:5432/test``); the bench drops and
     recreates its private schema ``bigmed_bench`` and drops it again at the end. It is skipped with a
@@ -58,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import itertools
 import json
 import multiprocessing
@@ -70,7 +71,6 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -81,12 +81,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import Server, free_port  # bench/ is the script's folder (cache.py puts it on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 INTERACTIONS = ("read", "create", "update", "vread")
 BARE = "bare"  # rows of the bare Flask app are labelled bare@<backend>
 GOAL_RATIO = 0.60
 PG_SCHEMA = "bigmed_bench"
+#: --audit: BIGMED_AUDIT / BIGMED_AUDIT_MODE of each compared server
+AUDIT_MODES = {"async": ("on", "async"), "sync": ("on", "sync"), "off": ("off", "async")}
 FHIR_JSON = "application/fhir+json"
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 16 * 1024 * 1024
@@ -463,64 +467,6 @@ def report_background(backend: str) -> float | None:
 # -- servers ------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Server:
-    """A server subprocess in its own session, so Ctrl-C reaches only us and we stop it in order."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, log: Path) -> None:
-        self.name, self.port, self.log = name, port, log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            conn = http.client.HTTPConnection(HOST, self.port, timeout=5)
-            try:
-                conn.request("GET", "/healthz")
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status == 200:
-                    return
-                last = f"HTTP {resp.status}"
-            except OSError as exc:
-                last = f"{type(exc).__name__}"
-            finally:
-                conn.close()
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} server not healthy after {timeout:.0f} s ({last}):\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join("    " + line for line in text[-lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)  # our own session: gunicorn's master and its workers
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-
-
 def serve_bare(port: int, workers: int, threads: int, body_file: Path) -> None:
     """The bare endpoint: Flask routes that answer with fixed JSON bytes, under the server's gunicorn settings.
 
@@ -554,7 +500,7 @@ def serve_bare(port: int, workers: int, threads: int, body_file: Path) -> None:
         request.get_data()
         return Response(body, content_type=FHIR_JSON, headers=headers)
 
-    class Bare(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
+    class Bare(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{HOST}:{port}")
             self.cfg.set("workers", workers)
@@ -928,6 +874,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout of one request, seconds")
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", help="PostgreSQL server to use")
     p.add_argument("--no-bare", action="store_true", help="skip the bare Flask reference")
+    p.add_argument(
+        "--audit",
+        default=None,
+        metavar="MODES",
+        help="compare audit modes instead (comma-separated of async,sync,off): one server per mode, same rounds",
+    )
     p.add_argument("--quick", action="store_true", help="small numbers: a smoke run of a few seconds")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--serve-bare", type=int, default=None, help=argparse.SUPPRESS)  # internal: the bare server
@@ -946,7 +898,93 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if min(args.requests, args.seed, args.concurrency, args.workers, args.threads, args.client_procs, args.rounds) < 1:
         p.error("--requests, --seed, --concurrency, --workers, --threads, --client-procs and --rounds must be >= 1")
     args.rounds = min(args.rounds, args.requests)
+    args.audit = [m.strip() for m in args.audit.split(",") if m.strip()] if args.audit else []
+    for m in args.audit:
+        if m not in AUDIT_MODES:
+            p.error(f"unknown audit mode {m!r} (use {', '.join(AUDIT_MODES)})")
     return args
+
+
+def run_audit_compare(bench: Bench, backend: str) -> list[Row]:
+    """``--audit``: one server per audit mode (own database), every interaction in rounds that rotate
+    the order of the servers (A B C, C B A …), so drifting load hits every mode alike."""
+    args, tmp = bench.args, bench.tmp
+    servers: list[Server] = []
+    ids: dict[str, list[str]] = {}
+    schemas: list[str] = []
+    try:
+        for mode in args.audit:
+            if backend == "sqlite":
+                url: str | None = f"sqlite:///{tmp / f'bench-audit-{mode}.sqlite'}"
+            else:
+                schemas.append(f"{PG_SCHEMA}_audit_{mode}")
+                url = pg_prepare(args.pg_url, schemas[-1])
+            if url is None:
+                return []
+            port = free_port()
+            serve = [sys.executable, "-m", "server", "serve", "--host", HOST, "--port", str(port)]
+            serve += ["--workers", str(args.workers), "--threads", str(args.threads)]
+            audit, audit_mode = AUDIT_MODES[mode]
+            env = {**server_env(url), "BIGMED_AUDIT": audit, "BIGMED_AUDIT_MODE": audit_mode}
+            label = f"{backend}/audit-{mode}"
+            print(f"\n== {label}: BIGMED_AUDIT={audit} BIGMED_AUDIT_MODE={audit_mode} (port {port})")
+            server = Server(label, serve, env, port, tmp / f"{backend}-audit-{mode}.log")
+            servers.append(server)
+            bench.servers.append(server)
+            server.wait_healthy(90)
+            ids[label], _ = bench.seed(server)
+            if not ids[label]:
+                print(f"  {label}: seeding failed\n{server.log_tail()}")
+                return []
+        background = report_background(backend)
+        cap = args.time_cap / args.rounds
+        work = {s.name: bench.workload(ids[s.name], random.Random(f"{backend}-load")) for s in servers}
+        rows: list[Row] = []
+        for name in INTERACTIONS:
+            for s in servers:
+                bench.drive(s.port, work[s.name][name][0], cap)
+            phases: dict[str, list[Phase]] = {s.name: [] for s in servers}
+            measured = {s.name: work[s.name][name][1] for s in servers}
+            size = -(-args.requests // args.rounds)
+            for r in range(args.rounds):
+                order = servers[r % len(servers) :] + servers[: r % len(servers)]
+                for s in order if r % 2 == 0 else order[::-1]:
+                    phases[s.name].append(bench.phase(s, measured[s.name][r * size : (r + 1) * size], cap))
+            for s in servers:
+                row = make_row(s.name, name, phases[s.name], background)
+                rows.append(row)
+                print(
+                    f"  {s.name:<22} {name:<7} {row.rps:8.1f} req/s  p50 {row.p50_ms:6.2f} ms  "
+                    f"p99 {row.p99_ms:7.2f} ms  errors {row.errors}" + ("  (time cap hit)" if row.capped else ""),
+                    flush=True,
+                )
+        return rows
+    except RuntimeError as exc:
+        print(f"  {backend}: {exc}")
+        return []
+    finally:
+        for server in servers:
+            server.stop()
+        for schema in schemas:
+            pg_drop(args.pg_url, schema)
+
+
+def print_audit_table(rows: list[Row], args: argparse.Namespace) -> list[str]:
+    header = f"{'server':<22} {'interaction':<11} {'requests':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+    header += f" {'errors':>6} {'% off':>7}"
+    lines = [header, "-" * len(header)]
+    for backend in args.backends:
+        off = {r.interaction: r.rps for r in rows if r.backend == f"{backend}/audit-off"}
+        for name in INTERACTIONS:
+            for r in (r for r in rows if r.backend.startswith(f"{backend}/") and r.interaction == name):
+                share = f"{100 * r.rps / off[name]:6.1f}%" if off.get(name) else "      -"
+                lines.append(
+                    f"{r.backend:<22} {name:<11} {r.requests:>8} {r.rps:>9.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+                    f"{r.errors:>6} {share:>7}"
+                )
+    for line in lines:
+        print(line)
+    return lines
 
 
 def run_backend(bench: Bench, backend: str, url: str) -> list[Row]:
@@ -1007,6 +1045,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     try:
         for backend in args.backends:
+            if args.audit:
+                rows += run_audit_compare(bench, backend)
+                continue
             url = f"sqlite:///{tmp / 'bench.sqlite'}" if backend == "sqlite" else pg_prepare(args.pg_url)
             if url is None:
                 continue
@@ -1028,7 +1069,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not rows:
         print("no figures: every backend failed or was skipped")
         return 1
-    lines = print_table(rows, args)
+    lines = print_audit_table(rows, args) if args.audit else print_table(rows, args)
     if args.json:
         payload = {
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -19,7 +19,10 @@ dicts following http://hl7.org/fhir/uv/genomics-reporting/ (codes in ``mappers.g
   start-end from CIPOS/CIEND, ref/alt allele (VCF-normalised strings; not for symbolic alleles),
   DNA change type (SO), allelic state (GT; hemizygous for haploid calls, hetero-/homoplasmic on
   MT), sample allelic frequency (FORMAT/AF, else AD[allele]/sum(AD); never INFO/AF), allelic read
-  depth (AD[allele]), copy number (FORMAT/CN or ``<CNn>``), genomic source class, variation
+  depth (AD[allele]), population allele frequency (92821-8, the highest gnomAD/ExAC/popmax AF of
+  the INFO keys or VEP CSQ fields that name such a resource, see ``mappers.vcf_annotations``;
+  never INFO/AF, which is the cohort's; ``code.text`` names the keys read), copy number
+  (FORMAT/CN or ``<CNn>``), genomic source class, variation
   codes (ID column: dbSNP ``rs``; ClinVar numeric IDs when the header declares ClinVar CLNSIG, or
   ``VCV`` accessions), and c./p. HGVS + transcript from SnpEff ANN/EFF or VEP CSQ
   (``mappers.vcf_annotations``);
@@ -92,7 +95,7 @@ from typing import Any, TextIO
 from cyvcf2 import VCF
 
 from mappers import genomics_codes as gc
-from mappers.vcf_annotations import Annotation, AnnotationReader
+from mappers.vcf_annotations import Annotation, AnnotationReader, PopulationFrequencies
 
 __all__ = ["EXT_INGESTION", "NAMESPACE", "VcfError", "VcfMapping", "VcfReport", "map_vcf", "read_bed"]
 
@@ -647,6 +650,7 @@ class _Constants:
         self.af_code = gc.loinc(gc.SAMPLE_ALLELIC_FREQUENCY)
         self.depth_code = gc.loinc(gc.ALLELIC_READ_DEPTH)
         self.variation_code = gc.loinc(gc.VARIATION_CODE)
+        self._population_codes: dict[tuple[str, ...], dict[str, Any]] = {}
         self._changes: dict[str, dict[str, Any]] = {}
         self._genes: dict[tuple[str, str | None], dict[str, Any]] = {}
 
@@ -657,6 +661,16 @@ class _Constants:
                 gc.DNA_CHANGE_TYPE, "valueCodeableConcept", gc.so_concept(so_name)
             )
         return found
+
+    def population_component(self, value: float, keys: tuple[str, ...]) -> dict[str, Any]:
+        """92821-8 Population allele frequency; ``code.text`` names the annotation keys it came from."""
+        code = self._population_codes.get(keys)
+        if code is None:
+            code = self._population_codes[keys] = {
+                **gc.loinc(gc.POPULATION_ALLELE_FREQUENCY, "Population allele frequency"),
+                "text": f"Population allele frequency ({', '.join(keys)})",
+            }
+        return {"code": code, "valueQuantity": {"value": value, "system": gc.UCUM, "code": "1"}}
 
     def gene_component(self, symbol: str, hgnc_id: str | None) -> dict[str, Any]:
         found = self._genes.get((symbol, hgnc_id))
@@ -777,7 +791,8 @@ class VcfMapping:
         skip_filtered = self.skip_filtered
         annotations = AnnotationReader(header.infos)
         annotated = annotations.key is not None
-        wants_info = annotated or header.clinvar
+        populations = PopulationFrequencies(header.infos)
+        wants_info = annotated or header.clinvar or bool(populations)
         k = _Constants(self.build, self.source_class)
         mt_accession = self._mt_accession()
         table = gc.refseq_chromosomes()[self.build]
@@ -1004,6 +1019,14 @@ class VcfMapping:
                         )
                     if allele_depth is not None:
                         components.append({"code": depth_code, "valueQuantity": {"value": allele_depth}})
+                    if info is not None and (populations or (annotation is not None and annotation.population_keys)):
+                        population_af, population_keys = populations.read(info, alts, allele)
+                        if annotation is not None and annotation.population_af is not None:
+                            population_keys += [f"CSQ {key}" for key in annotation.population_keys]
+                            if population_af is None or annotation.population_af > population_af:
+                                population_af = annotation.population_af
+                        if population_af is not None:
+                            components.append(k.population_component(population_af, tuple(population_keys)))
                     if copy_number is not None:
                         components.append(
                             gc.component(

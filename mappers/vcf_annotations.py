@@ -25,7 +25,28 @@ from urllib.parse import unquote
 
 from mappers.genomics_codes import so_from_snpeff_classic
 
-__all__ = ["Annotation", "AnnotationReader", "protein_change_to_hgvs"]
+__all__ = [
+    "CSQ_POPULATION_FIELDS",
+    "INFO_POPULATION_KEYS",
+    "Annotation",
+    "AnnotationReader",
+    "PopulationFrequencies",
+    "protein_change_to_hgvs",
+]
+
+#: INFO keys holding a population allele frequency (lower case; see the module docstring)
+INFO_POPULATION_KEYS = frozenset(
+    k.lower()
+    for k in (
+        "gnomAD_AF", "gnomADe_AF", "gnomADg_AF", "gnomAD_exomes_AF", "gnomAD_genomes_AF", "gnomAD_exome_AF",
+        "gnomAD_genome_AF", "gnomAD_exome_ALL", "gnomAD_genome_ALL", "AF_popmax", "AF_grpmax",
+        "gnomAD_AF_popmax", "ExAC_AF", "ExAC_ALL", "MAX_AF", "dbNSFP_gnomAD_exomes_AF",
+        "dbNSFP_gnomAD_genomes_AF", "dbNSFP_ExAC_AF",
+    )
+)  # fmt: skip
+#: VEP CSQ sub-fields holding a population allele frequency (CSQ ``AF`` = 1000 Genomes is not used)
+CSQ_POPULATION_FIELDS = ("gnomAD_AF", "gnomADe_AF", "gnomADg_AF", "gnomAD_exomes_AF", "gnomAD_genomes_AF",
+                         "ExAC_AF", "MAX_AF")  # fmt: skip
 
 _THREE_LETTER = {
     "A": "Ala", "R": "Arg", "N": "Asn", "D": "Asp", "C": "Cys", "E": "Glu", "Q": "Gln", "G": "Gly",
@@ -47,6 +68,57 @@ class Annotation:
     hgvs_c: str | None = None  #: full expression, ``NM_000059.4:c.7397T>C``
     hgvs_p: str | None = None  #: ``ENSP…:p.Val2466Ala`` or ``p.Val2466Ala`` when no protein accession
     source: str = ""  #: ANN, EFF or CSQ
+    population_af: float | None = None  #: highest population AF of the CSQ entries of the allele
+    population_keys: tuple[str, ...] = ()  #: the CSQ sub-fields it was read from
+
+
+def _frequency(text: str) -> float | None:
+    """A population AF value (``&``-joined: the highest); None unless a number in [0, 1]."""
+    best: float | None = None
+    for part in text.split("&"):
+        try:
+            value = float(part)
+        except ValueError:
+            continue
+        if 0.0 <= value <= 1.0 and (best is None or value > best):
+            best = value
+    return best
+
+
+def _allele_value(raw: str, alts: list[str], allele: int) -> str | None:
+    values = raw.split(",")
+    if len(values) == len(alts):
+        return values[allele - 1]
+    if len(alts) == 1 and len(values) == 1:
+        return values[0]
+    return None  # one value for several ALTs (Number=1): which allele it belongs to is unknown
+
+
+class PopulationFrequencies:
+    """Population allele frequencies from the INFO keys the header declares (module docstring)."""
+
+    def __init__(self, infos: dict[str, str]) -> None:
+        self.keys = [key for key in infos if key.lower() in INFO_POPULATION_KEYS]
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def read(self, info: dict[str, Any], alts: list[str], allele: int) -> tuple[float | None, list[str]]:
+        """(highest AF of ALT number ``allele``, the keys that gave a value) of one record."""
+        best: float | None = None
+        found: list[str] = []
+        for key in self.keys:
+            raw = info.get(key)
+            if not isinstance(raw, str):
+                continue
+            text = _allele_value(raw, alts, allele)
+            value = _frequency(text) if text is not None else None
+            if value is None:
+                continue
+            found.append(key)
+            if best is None or value > best:
+                best = value
+        return best, found
 
 
 def protein_change_to_hgvs(change: str) -> str | None:
@@ -128,6 +200,7 @@ class AnnotationReader:
             self._p = _index(names, "HGVSp")
             self._canonical = _index(names, "CANONICAL")
             self._pick = _index(names, "PICK")
+            self._population = [(n, i) for n in CSQ_POPULATION_FIELDS if (i := _index(names, n)) is not None]
         else:
             self._genotype = _index(names, "Genotype_Number", "Genotype")
             self._aa = _index(names, "Amino_Acid_change", "Amino_Acid_Change")
@@ -206,6 +279,13 @@ class AnnotationReader:
             hgnc = "HGNC:" + hgnc
         c = unquote(_get(chosen, self._c))
         p = unquote(_get(chosen, self._p))
+        population_af: float | None = None
+        population_keys: list[str] = []
+        for name, index in self._population:  # per allele, the same in every transcript's entry
+            values = [v for f in candidates if (v := _frequency(_get(f, index))) is not None]
+            if values:
+                population_keys.append(name)
+                population_af = max(values) if population_af is None else max(population_af, *values)
         return Annotation(
             gene=_get(chosen, self._gene) or None,
             hgnc_id=hgnc or None,
@@ -214,6 +294,8 @@ class AnnotationReader:
             hgvs_c=c or None,
             hgvs_p=p or None,
             source="CSQ",
+            population_af=population_af,
+            population_keys=tuple(population_keys),
         )
 
     def _eff(self, raw: str, alts: list[str], allele: int) -> Annotation | None:

@@ -14,10 +14,11 @@ R4 data folder next to the repository, and the vendored path). Output is determi
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from _vendored import arguments, compact, joined, write_table
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "fhir-r4"
@@ -47,32 +48,21 @@ def build(source: Path) -> dict[str, Any]:
 def dump(doc: dict[str, Any]) -> str:
     """Deterministic JSON: one compartment member type per line."""
 
-    def one(value: Any) -> str:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-    lines = ["{", f'"header":{one(doc["header"])},', '"compartments":{']
+    lines = ["{", f'"header":{compact(doc["header"])},', '"compartments":{']
     names = list(doc["compartments"])
     for i, name in enumerate(names):
         comp = doc["compartments"][name]
-        lines.append(f'{one(name)}:{{"url":{one(comp["url"])},"resources":{{')
-        members = list(comp["resources"].items())
-        lines += [f"{one(k)}:{one(v)}" + ("," if j < len(members) - 1 else "") for j, (k, v) in enumerate(members)]
+        lines.append(f'{compact(name)}:{{"url":{compact(comp["url"])},"resources":{{')
+        lines += joined(f"{compact(k)}:{compact(v)}" for k, v in comp["resources"].items())
         lines.append("}}" + ("," if i < len(names) - 1 else ""))
     lines += ["}", "}"]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of the R4 definitions")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="vendored JSON file to write")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, DEFAULT_SOURCE, DEFAULT_OUT, argv)
     doc = build(args.source)
-    text = dump(doc)
-    if json.loads(text) != doc:  # the hand-assembled layout must still be the same JSON
-        raise SystemExit("internal error: the compact layout does not round-trip")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    text = write_table(args.out, doc, dump(doc))
     counts = ", ".join(f"{k} {len(v['resources'])}" for k, v in doc["compartments"].items())
     print(f"wrote {args.out}: resource types per compartment: {counts} ({len(text):,} bytes)")
 

@@ -20,12 +20,13 @@ one parameter / type per line, so a regeneration diff shows only what changed.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from _vendored import arguments, compact, joined, write_table
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "fhir-r4"
@@ -184,33 +185,21 @@ def build(source: Path) -> dict[str, Any]:
 def dump(doc: Mapping[str, Any]) -> str:
     """Deterministic JSON: one parameter, type or element owner per line."""
 
-    def one(value: Any) -> str:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-    lines = ["{", f'"header":{one(doc["header"])},', '"searchParameters":[']
-    params = doc["searchParameters"]
-    lines += [one(p) + ("," if i < len(params) - 1 else "") for i, p in enumerate(params)]
+    lines = ["{", f'"header":{compact(doc["header"])},', '"searchParameters":[']
+    lines += joined(compact(p) for p in doc["searchParameters"])
     lines.append("],")
     for section in ("types", "elements"):
-        items = list(doc[section].items())
         lines.append(f'"{section}":{{')
-        last = len(items) - 1
-        lines += [f"{one(k)}:{one(v)}" + ("," if i < last else "") for i, (k, v) in enumerate(items)]
+        lines += joined(f"{compact(k)}:{compact(v)}" for k, v in doc[section].items())
         lines.append("}," if section == "types" else "}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of the R4 definitions")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="vendored JSON file to write")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, DEFAULT_SOURCE, DEFAULT_OUT, argv)
     doc = build(args.source)
-    text = dump(doc)
-    json.loads(text)  # the hand-assembled layout must still be valid JSON
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    text = write_table(args.out, doc, dump(doc))
     print(
         f"wrote {args.out}: {len(doc['searchParameters'])} search parameters, "
         f"{len(doc['types'])} types, {len(doc['elements'])} element owners ({len(text):,} bytes)"

@@ -23,6 +23,7 @@ from server.api import ui as ui_api
 from server.cache import open_cache
 from server.config import Config
 from server.fhir.context import FhirContext
+from server.fhir.operations import rare
 from server.fhir.operations.variant_ranges import VARIANT_RANGES
 from server.search.registry import default_registry
 from server.store import open_store
@@ -39,7 +40,9 @@ def create_app(config: Config | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]  # flask's default provider has it
     store = open_store(cfg.database_url, pool_size=cfg.pg_pool_size, derived=(VARIANT_RANGES,))
     cache = (
-        open_cache(cfg.redis_url, store, cfg.cache_ttl, cfg.cache_max_bytes, cfg.cache_timeout_ms / 1000)
+        open_cache(
+            cfg.redis_url, store, cfg.cache_ttl, cfg.cache_max_bytes, cfg.cache_timeout_ms / 1000, cfg.cache_local_bytes
+        )
         if cfg.cache_enabled
         else None
     )
@@ -55,4 +58,5 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(metrics_api.bp)
     app.register_blueprint(ui_api.bp)
     metrics_api.init_app(app)
+    rare.warm_up(app.extensions["bigmed"])  # HPO ontology in a background thread (BIGMED_HPO_PRELOAD)
     return app

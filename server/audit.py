@@ -14,10 +14,12 @@ When it is written:
   batch entries, PGx calls) records a row **inside the same database transaction**
   (:func:`record_write`): no committed change without its trace, and a failed trace rolls the
   change back;
-* every request under ``/fhir`` (reads, searches, operations, exports, and the write requests
-  themselves) records one row before its response is sent (:func:`record`, called by
-  ``server/api/audit.py``); if that insert fails the client gets a 503, never the data (fail
-  closed). CDS Hooks calls are recorded the same way by their blueprint.
+* every request under ``/fhir`` and ``/hl7v2`` (reads, searches, operations, exports, and the
+  write requests themselves) and every CDS Hooks service call records one row per patient before
+  its response is sent (``server/api/audit.py``): queued for the group-commit writer
+  (:func:`writer`, :mod:`server.audit_queue`, ``BIGMED_AUDIT_MODE=async``) or inserted in a
+  transaction of its own (:func:`record`, ``sync``). Either way it fails closed: when the record
+  cannot be kept the client gets a 503, never the data.
 
 Audit records are append-only: there is no update or delete path (the API answers 405), and
 ``GET /fhir/AuditEvent`` (search by ``patient``, ``agent``, ``date``, ``action``, ``outcome``,
@@ -37,11 +39,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from server import jsonio
+from server.audit_queue import AuditWriter
 from server.errors import BadRequest, NotFound
 from server.search.query import date_range
 from server.store.base import Store, WriteTx
 
-__all__ = ["AuditRecord", "audit_bundle", "find", "read", "record", "record_write"]
+__all__ = ["AuditRecord", "audit_bundle", "find", "read", "record", "record_write", "rows", "writer"]
 
 _SYSTEM_ID = "urn:bigmed:client"
 _EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"}
@@ -63,6 +66,8 @@ class AuditRecord:
     query: str | None = None  # the request's query string or operation URL
     address: str | None = None
     ts: float = field(default_factory=time.time)
+    agent_alt: str | None = None  # a second name of the agent (a CDS client's ``sub`` beside its ``iss``)
+    identifiers: Sequence[tuple[str, str]] = ()  # (system, value) of entities that are not resources
 
     def event(self) -> dict[str, Any]:
         recorded = datetime.fromtimestamp(self.ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -78,6 +83,8 @@ class AuditRecord:
             "who": {"identifier": {"system": _SYSTEM_ID, "value": self.agent}, "display": self.agent},
             "requestor": True,
         }
+        if self.agent_alt:
+            agent["altId"] = self.agent_alt
         if self.address:
             agent["network"] = {"address": self.address, "type": "2"}
         entities: list[dict[str, Any]] = [
@@ -85,6 +92,10 @@ class AuditRecord:
             for p in self.patients
         ]
         entities += [{"what": {"reference": ref}, "type": _entity_type("2")} for ref in self.entities]
+        entities += [
+            {"what": {"identifier": {"system": system, "value": value}}, "type": _entity_type("2")}
+            for system, value in self.identifiers
+        ]
         if self.query:
             entities.append(
                 {"type": _entity_type("2"), "role": _entity_role("24"), "query": _b64(self.query)}  # 24 = query
@@ -127,13 +138,22 @@ def _entity_role(code: str) -> dict[str, str]:
     return {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": code}
 
 
+def rows(rec: AuditRecord) -> list[tuple[Any, ...]]:
+    """The ``audit_event`` rows of one access: one per patient, so ``?patient=`` finds every access to each."""
+    if len(rec.patients) > 1:
+        return [AuditRecord(**{**rec.__dict__, "patients": [p]}).row() for p in rec.patients]
+    return [rec.row()]
+
+
 def record(store: Store, rec: AuditRecord) -> None:
-    """Persist one AuditEvent in a transaction of its own (before the response is sent)."""
-    rows = [rec.row()]
-    if len(rec.patients) > 1:  # one row per patient, so ?patient= finds every access to each
-        rows = [AuditRecord(**{**rec.__dict__, "patients": [p]}).row() for p in rec.patients]
+    """Persist one AuditEvent in a transaction of its own (``BIGMED_AUDIT_MODE=sync``)."""
     with store.transaction() as tx:
-        tx.execute_many(_INSERT, rows)
+        tx.execute_many(_INSERT, rows(rec))
+
+
+def writer(store: Store, capacity: int, batch: int = 500) -> AuditWriter:
+    """The group-commit writer of ``BIGMED_AUDIT_MODE=async`` for ``store`` (:mod:`server.audit_queue`)."""
+    return AuditWriter(store, _INSERT, capacity=capacity, batch=batch)
 
 
 def record_write(tx: WriteTx, rec: AuditRecord) -> None:

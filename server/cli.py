@@ -16,19 +16,25 @@ is reported with its file and line, exit code 1, and nothing is stored.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gunicorn.app.base import BaseApplication
 from tqdm import tqdm
 
 from server import create_app
+from server.api import metrics as metrics_api
+from server.audit_queue import shutdown_all as shutdown_audit
 from server.auth import cli as clients_cli
 from server.config import Config
 from server.errors import FhirError
+from server.fhir.context import FhirContext
 from server.fhir.load import LoadReport, load
 from server.fhir.operations import ingest_hl7 as hl7
 from server.fhir.operations.call_pgx import call_pgx
@@ -39,9 +45,70 @@ from server.search.reindex import count_current, reindex
 
 __all__ = ["main"]
 
+#: what a subcommand's work hands back: the summary to print (None: nothing) and the exit code
+Outcome = tuple[str | None, int]
+
+
+class _Summarised(Protocol):
+    def summary(self) -> str: ...
+
+
+class _Usage(Exception):
+    """Bad arguments found once the app is up (exit code 2)."""
+
+
+def _run(
+    command: str,
+    cfg: Config,
+    work: Callable[[FhirContext], Outcome],
+    *,
+    errors: Mapping[type[Exception], int] | None = None,
+    interrupted: str | None = None,
+    partial: _Summarised | None = None,
+) -> int:
+    """Run one subcommand's ``work`` on a fresh app context, the way every subcommand ends.
+
+    An exception of a type in ``errors`` (default: a :class:`FhirError`, exit 1) is printed as
+    ``command: message`` on stderr with its exit code; with ``interrupted``, Ctrl-C prints
+    ``partial``'s summary (what was done so far) and that message on stderr and exits 130. The
+    store is closed in every case, before the summary is printed.
+    """
+    errors = {FhirError: 1} if errors is None else errors
+    handled: tuple[type[BaseException], ...] = (KeyboardInterrupt,) if interrupted is not None else ()
+    context = create_app(cfg.with_(hpo_preload="off")).extensions["bigmed"]  # no ontology for batch commands
+    try:
+        summary, code = work(context)
+    except handled:
+        if partial is not None:
+            print(partial.summary(), file=sys.stderr)
+        print(interrupted, file=sys.stderr)
+        return 130
+    except tuple(errors) as exc:
+        message = exc.message if isinstance(exc, FhirError) else str(exc)
+        print(f"{command}: {message}", file=sys.stderr)
+        return next(code for kind, code in errors.items() if isinstance(exc, kind))
+    finally:
+        context.store.close()
+    if summary is not None:
+        print(summary)
+    return code
+
+
+def _missing(command: str, paths: Sequence[str]) -> bool:
+    """Say which of ``paths`` are no files (True: some are)."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        print(f"{command}: no such file: {', '.join(missing)}", file=sys.stderr)
+    return bool(missing)
+
 
 def _serve(args: argparse.Namespace, cfg: Config) -> int:
     if args.workers:
+        # one /metrics for every worker: prometheus-client multiprocess files (server/api/metrics.py)
+        own_metrics_dir = cfg.metrics_dir is None
+        metrics_dir = cfg.metrics_dir or tempfile.mkdtemp(prefix="bigmed-metrics-")
+        metrics_api.enable_multiprocess(metrics_dir)
+        cfg = cfg.with_(metrics_dir=metrics_dir)
 
         class _Gunicorn(BaseApplication):
             def load_config(self) -> None:
@@ -51,20 +118,27 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
                 self.cfg.set("threads", args.threads)
                 self.cfg.set("timeout", 120)
                 self.cfg.set("accesslog", "-" if args.access_log else None)
+                # a worker leaving flushes its queued AuditEvents (server/audit_queue.py; atexit also does)
+                self.cfg.set("worker_exit", lambda _arbiter, _worker: shutdown_audit())
+                self.cfg.set("child_exit", lambda _arbiter, worker: metrics_api.worker_exited(worker.pid, metrics_dir))
 
             def load(self) -> Any:
                 return create_app(cfg)
 
-        _Gunicorn().run()
+        try:
+            _Gunicorn().run()
+        finally:
+            if own_metrics_dir:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0
     create_app(cfg).run(host=args.host, port=args.port, threaded=True, debug=False)
     return 0
 
 
 def _load(args: argparse.Namespace, cfg: Config) -> int:
-    context = create_app(cfg).extensions["bigmed"]
     report = LoadReport()
-    try:
+
+    def work(context: FhirContext) -> Outcome:
         load(
             context,
             args.paths,
@@ -74,28 +148,24 @@ def _load(args: argparse.Namespace, cfg: Config) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
         )
-    except FileNotFoundError as exc:
-        print(f"load: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(report.summary(), file=sys.stderr)
-        print(
-            "Interrupted: what was committed stays; run the same command again to complete the load.", file=sys.stderr
-        )
-        return 130
-    finally:
-        context.store.close()
-    print(report.summary())
-    return 1 if report.failures else 0
+        return report.summary(), 1 if report.failures else 0
+
+    return _run(
+        "load",
+        cfg,
+        work,
+        errors={FileNotFoundError: 2},
+        interrupted="Interrupted: what was committed stays; run the same command again to complete the load.",
+        partial=report,
+    )
 
 
 def _reindex(args: argparse.Namespace, cfg: Config) -> int:
     """``reindex [--type T]``: rebuild the search index rows from the current resources."""
-    context = create_app(cfg).extensions["bigmed"]
-    try:
+
+    def work(context: FhirContext) -> Outcome:
         if args.type and args.type not in context.registry.resource_types():
-            print(f"reindex: unknown resource type '{args.type}'", file=sys.stderr)
-            return 2
+            raise _Usage(f"unknown resource type '{args.type}'")
         total = count_current(context.store, args.type)
         workers = args.workers
         if workers is None:  # extraction in worker processes pays off for large stores only
@@ -104,16 +174,15 @@ def _reindex(args: argparse.Namespace, cfg: Config) -> int:
             done = reindex(
                 context.store, context.registry, args.type, batch=args.batch_size, progress=bar.update, workers=workers
             )
-    finally:
-        context.store.close()
-    print(f"reindexed {done} of {total} current {args.type or 'resources'}")
-    return 0
+        return f"reindexed {done} of {total} current {args.type or 'resources'}", 0
+
+    return _run("reindex", cfg, work, errors={_Usage: 2})
 
 
 def _ingest_vcf(args: argparse.Namespace, cfg: Config) -> int:
     """``ingest-vcf FILE --patient ID …``: all or nothing; exit 1 with the file and line on bad input."""
-    context = create_app(cfg).extensions["bigmed"]
-    try:
+
+    def work(context: FhirContext) -> Outcome:
         try:
             total = count_records(args.file) if not args.quiet else None
         except OSError:
@@ -134,32 +203,25 @@ def _ingest_vcf(args: argparse.Namespace, cfg: Config) -> int:
                 progress=progress,
                 workers=default_workers() if args.workers is None else args.workers,
             )
-    except FhirError as err:
-        print(f"ingest-vcf: {err.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("ingest-vcf: interrupted; nothing was stored", file=sys.stderr)
-        return 130
-    finally:
-        context.store.close()
-    print(result.summary())
-    return 0
+        return result.summary(), 0
+
+    return _run("ingest-vcf", cfg, work, interrupted="ingest-vcf: interrupted; nothing was stored")
 
 
 def _call_pgx(args: argparse.Namespace, cfg: Config) -> int:
     """``call-pgx --patient ID…``: PGx calls from each Patient's stored variants; exit 1 if one failed."""
-    context = create_app(cfg).extensions["bigmed"]
-    failed = 0
-    try:
+
+    def work(context: FhirContext) -> Outcome:
+        failed = 0
         for patient in tqdm(args.patient, unit="patient", desc="call-pgx", disable=args.quiet or len(args.patient) < 2):
             try:
                 print(call_pgx(context, patient, assume_reference=args.assume_reference).summary())
             except FhirError as err:
                 print(f"call-pgx: Patient/{patient}: {err.message}", file=sys.stderr)
                 failed += 1
-    finally:
-        context.store.close()
-    return 1 if failed else 0
+        return None, 1 if failed else 0
+
+    return _run("call-pgx", cfg, work, errors={})
 
 
 def _count_messages(path: str) -> int:
@@ -176,16 +238,17 @@ def _count_messages(path: str) -> int:
 
 def _ingest_hl7(args: argparse.Namespace, cfg: Config) -> int:
     """``ingest-hl7 FILE…``: store each message atomically; summary and quarantine; exit 1 if any quarantined."""
-    missing = [p for p in args.files if not os.path.isfile(p)]
-    if missing:
-        print(f"ingest-hl7: no such file: {', '.join(missing)}", file=sys.stderr)
+    if _missing("ingest-hl7", args.files):
         return 2
-    context = create_app(cfg).extensions["bigmed"]
     report = hl7.Hl7Report()
-    total = None if args.quiet else sum(_count_messages(p) for p in args.files)
-    handles = [open(p, "rb") for p in args.files]  # noqa: SIM115  # closed in finally, streamed by the mapper
-    try:
-        with tqdm(total=total, unit="msg", desc="ingest-hl7", disable=args.quiet, dynamic_ncols=True) as bar:
+
+    def work(context: FhirContext) -> Outcome:
+        total = None if args.quiet else sum(_count_messages(p) for p in args.files)
+        with (
+            contextlib.ExitStack() as files,
+            tqdm(total=total, unit="msg", desc="ingest-hl7", disable=args.quiet, dynamic_ncols=True) as bar,
+        ):
+            handles = [files.enter_context(open(p, "rb")) for p in args.files]  # streamed by the mapper
             hl7.ingest_hl7(
                 context,
                 [(os.path.basename(p), fh) for p, fh in zip(args.files, handles, strict=True)],
@@ -196,18 +259,16 @@ def _ingest_hl7(args: argparse.Namespace, cfg: Config) -> int:
                 validate=args.validate,
                 report=report,
             )
-    except KeyboardInterrupt:
-        print(report.summary(), file=sys.stderr)
-        print(
-            "Interrupted: stored messages stay; run the same command again (duplicates are skipped).", file=sys.stderr
-        )
-        return 130
-    finally:
-        for fh in handles:
-            fh.close()
-        context.store.close()
-    print(report.summary())
-    return 1 if report.quarantined else 0
+        return report.summary(), 1 if report.quarantined else 0
+
+    return _run(
+        "ingest-hl7",
+        cfg,
+        work,
+        errors={},
+        interrupted="Interrupted: stored messages stay; run the same command again (duplicates are skipped).",
+        partial=report,
+    )
 
 
 def _ingest_csv(args: argparse.Namespace, cfg: Config) -> int:
@@ -217,19 +278,17 @@ def _ingest_csv(args: argparse.Namespace, cfg: Config) -> int:
     except ValueError as exc:
         print(f"ingest-csv: {exc}", file=sys.stderr)
         return 2
-    missing = [p for p in args.files if not os.path.isfile(p)]
-    if missing:
-        print(f"ingest-csv: no such file: {', '.join(missing)}", file=sys.stderr)
+    if _missing("ingest-csv", args.files):
         return 2
-    context = create_app(cfg).extensions["bigmed"]
     report = CsvReport()
-    total = None
-    if not args.quiet:
-        with_lines = [open(p, "rb") for p in args.files]  # noqa: SIM115  # closed right here
-        total = sum(max(sum(1 for _ in fh) - 1, 0) for fh in with_lines)
-        for fh in with_lines:
-            fh.close()
-    try:
+
+    def work(context: FhirContext) -> Outcome:
+        total = None
+        if not args.quiet:
+            with_lines = [open(p, "rb") for p in args.files]  # noqa: SIM115  # closed right here
+            total = sum(max(sum(1 for _ in fh) - 1, 0) for fh in with_lines)
+            for fh in with_lines:
+                fh.close()
         with tqdm(total=total, unit="row", desc=f"ingest-csv {kind}", disable=args.quiet, dynamic_ncols=True) as bar:
             ingest_csv(
                 context,
@@ -241,34 +300,27 @@ def _ingest_csv(args: argparse.Namespace, cfg: Config) -> int:
                 validate=args.validate,
                 report=report,
             )
-    except (OSError, ValueError) as exc:
-        print(f"ingest-csv: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(report.summary(), file=sys.stderr)
-        print(
-            "Interrupted: stored rows stay; run the same command again (unchanged rows write nothing).", file=sys.stderr
-        )
-        return 130
-    finally:
-        context.store.close()
-    print(report.summary())
-    return 1 if report.quarantined else 0
+        return report.summary(), 1 if report.quarantined else 0
+
+    return _run(
+        "ingest-csv",
+        cfg,
+        work,
+        errors={OSError: 2, ValueError: 2},
+        interrupted="Interrupted: stored rows stay; run the same command again (unchanged rows write nothing).",
+        partial=report,
+    )
 
 
 def _seed(args: argparse.Namespace, cfg: Config) -> int:
     """``seed [--folder DIR]``: the sandbox's synthetic patients (idempotent: a rerun writes nothing)."""
-    context = create_app(cfg).extensions["bigmed"]
-    try:
+
+    def work(context: FhirContext) -> Outcome:
         with tqdm(total=len(sandbox.steps()), unit="step", desc="seed", disable=args.quiet) as bar:
             report = sandbox.seed(context, Path(args.folder), step=lambda _name: bar.update())
-    except FhirError as err:
-        print(f"seed: {err.message}", file=sys.stderr)
-        return 1
-    finally:
-        context.store.close()
-    print(report.summary())
-    return 0
+        return report.summary(), 0
+
+    return _run("seed", cfg, work)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -48,6 +48,8 @@ class Config:
     cache_max_bytes: int = 1_048_576
     cache_timeout_ms: int = 50
     cache_enabled: bool = True
+    cache_local_bytes: int = 32 * 1024 * 1024  # in-process tier of the query cache, per worker (server/cache.py)
+    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: /metrics sums every worker (set by serve --workers)
     export_dir: str = "var/exports"  # Bulk Data $export files and job state (shared by every worker)
     export_ttl: int = 86_400  # seconds an export's files are kept after it ends
     export_max_lines: int = 100_000  # NDJSON lines per export file (more: the next file of the type)
@@ -55,6 +57,8 @@ class Config:
     token_ttl: int = 300  # seconds an access token from /auth/token lives (server/auth/token.py)
     token_key_file: str | None = None  # PEM key signing access tokens; unset: generated, kept in the database
     audit: bool = True  # AuditEvent trail of every access to patient data (server/audit.py)
+    audit_mode: str = "async"  # "async": group-commit queue, fails closed (server/audit_queue.py); "sync"
+    audit_queue: int = 10_000  # async mode: audit records waiting at most; beyond, requests get 503
     rate_limit: int = 600  # requests per client per minute (0: off); 429 + Retry-After beyond
     cors_origins: tuple[str, ...] = ()  # browser origins allowed by CORS ("*": any); empty: none
     cds_jwt: str = "required"  # CDS Hooks client JWT: "required" (every call) or "off" (only with auth open)
@@ -62,6 +66,8 @@ class Config:
     cds_jku_allow: tuple[str, ...] = ()  # JWKS URLs (jku) CDS client keys may be fetched from
     cds_jwks_file: str | None = None  # a static JWK Set of trusted CDS client keys
     cds_fetch_timeout_ms: int = 3000  # connect/read timeout of CDS prefetch fetches from fhirServer
+    cds_rare_budget_ms: int = 1500  # genomic-findings: wait at most this for the candidate-gene ranking
+    hpo_preload: str = "auto"  # load the HPO ontology at app start: "auto" (if HPO phenotypes are stored), on, off
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -85,6 +91,8 @@ class Config:
             cache_ttl=_int(env, "BIGMED_CACHE_TTL", cls.cache_ttl),
             cache_max_bytes=_int(env, "BIGMED_CACHE_MAX_BYTES", cls.cache_max_bytes),
             cache_timeout_ms=_int(env, "BIGMED_CACHE_TIMEOUT_MS", cls.cache_timeout_ms),
+            cache_local_bytes=_int(env, "BIGMED_CACHE_LOCAL_BYTES", cls.cache_local_bytes),
+            metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
             export_dir=env.get("BIGMED_EXPORT_DIR") or cls.export_dir,
             export_ttl=_int(env, "BIGMED_EXPORT_TTL", cls.export_ttl),
             export_max_lines=_int(env, "BIGMED_EXPORT_MAX_LINES", cls.export_max_lines),
@@ -93,12 +101,16 @@ class Config:
             token_ttl=_int(env, "BIGMED_TOKEN_TTL", cls.token_ttl),
             token_key_file=env.get("BIGMED_TOKEN_KEY_FILE") or None,
             audit=(env.get("BIGMED_AUDIT") or "on").lower() not in ("off", "0", "false", "no"),
+            audit_mode=(env.get("BIGMED_AUDIT_MODE") or cls.audit_mode).lower(),
+            audit_queue=_int(env, "BIGMED_AUDIT_QUEUE", cls.audit_queue),
             rate_limit=_int(env, "BIGMED_RATE_LIMIT", cls.rate_limit),
             cds_jwt=(env.get("BIGMED_CDS_JWT") or cls.cds_jwt).lower(),
             cds_issuers=tuple(x.strip() for x in env.get("BIGMED_CDS_ISSUERS", "").split(",") if x.strip()),
             cds_jku_allow=tuple(x.strip() for x in env.get("BIGMED_CDS_JKU_ALLOW", "").split(",") if x.strip()),
             cds_jwks_file=env.get("BIGMED_CDS_JWKS_FILE") or None,
             cds_fetch_timeout_ms=_int(env, "BIGMED_CDS_FETCH_TIMEOUT_MS", cls.cds_fetch_timeout_ms),
+            cds_rare_budget_ms=_int(env, "BIGMED_CDS_RARE_BUDGET_MS", cls.cds_rare_budget_ms),
+            hpo_preload=(env.get("BIGMED_HPO_PRELOAD") or cls.hpo_preload).lower(),
             cors_origins=tuple(
                 o.strip().rstrip("/") for o in env.get("BIGMED_CORS_ORIGINS", "").split(",") if o.strip()
             ),
@@ -115,10 +127,16 @@ class Config:
             raise ValueError("BIGMED_EXPORT_MAX_LINES, BIGMED_EXPORT_MAX_JOBS and BIGMED_EXPORT_TTL must be positive")
         if not 10 <= self.token_ttl <= 3600:
             raise ValueError(f"BIGMED_TOKEN_TTL must be between 10 and 3600 seconds, got {self.token_ttl}")
+        if self.audit_mode not in ("async", "sync") or self.audit_queue < 1:
+            raise ValueError("BIGMED_AUDIT_MODE must be 'async' or 'sync' and BIGMED_AUDIT_QUEUE positive")
         if self.rate_limit < 0:
             raise ValueError(f"BIGMED_RATE_LIMIT must be 0 (off) or positive, got {self.rate_limit}")
         if self.cds_jwt not in ("required", "off") or (self.cds_jwt == "off" and self.auth != "open"):
             raise ValueError("BIGMED_CDS_JWT must be 'required', or 'off' with BIGMED_AUTH=open")
+        if self.hpo_preload not in ("auto", "on", "off"):
+            raise ValueError(f"BIGMED_HPO_PRELOAD must be 'auto', 'on' or 'off', got {self.hpo_preload!r}")
+        if self.cds_rare_budget_ms < 0:
+            raise ValueError(f"BIGMED_CDS_RARE_BUDGET_MS must be 0 or positive, got {self.cds_rare_budget_ms}")
         if not self.database_url.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise ValueError("DATABASE_URL must start with sqlite:// or postgresql://")
 

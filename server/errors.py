@@ -36,6 +36,7 @@ __all__ = [
     "PreconditionFailed",
     "TooManyRequests",
     "Unauthorized",
+    "Unavailable",
     "UnsupportedMediaType",
     "error_for_status",
     "init_app",
@@ -172,6 +173,12 @@ class Forbidden(FhirError):
 
 class TooManyRequests(FhirError):
     category = "too-many-requests"
+
+
+class Unavailable(FhirError):
+    """503: the server cannot serve the request now (e.g. the audit trail cannot be written)."""
+
+    category = "unavailable"
 
 
 def operation_outcome(issues: Iterable[Issue], default_code: str = "processing") -> dict[str, Any]:

@@ -99,9 +99,20 @@ def make_app(database_url: str, **overrides: Any) -> Any:
     from server import create_app
     from server.config import Config
 
+    # no HPO warm-up thread unless a test asks: it reads the database while reset() truncates it
+    overrides.setdefault("hpo_preload", "off")
     cfg = Config(database_url=database_url, base_url="http://testserver", **overrides)
     app = create_app(cfg)
-    app.extensions["bigmed"].store.reset()
+    store = app.extensions["bigmed"].store
+    store.reset()
+    writer = app.extensions.get("bigmed_audit_writer")
+    if writer is not None:  # tests close the store directly: let the queued AuditEvents reach it first
+
+        def close(original: Any = store.close) -> None:
+            writer.close(5)
+            original()
+
+        store.close = close
     return app
 
 

@@ -1,10 +1,20 @@
 """The audit trail over HTTP: one AuditEvent per request, and ``/fhir/AuditEvent`` to read it.
 
 Every request under a protected prefix (``server/api/auth.py``) is recorded by :mod:`server.audit`
-before its response leaves (``after_request``); a failure to record answers 503 instead of the
-data (fail closed). The patient of the event comes from the URL (``Patient/{id}/…``), the
-``patient``/``subject`` search parameters, the resource answered by a read, or the client's
-own patient. ``GET /fhir/AuditEvent?patient=&agent=&date=`` and ``GET /fhir/AuditEvent/{id}``
+before its response leaves (``after_request``): with ``BIGMED_AUDIT_MODE=async`` (default) its
+rows are handed to the process's group-commit writer (:mod:`server.audit_queue`), with ``sync``
+inserted in a transaction of their own. Fail closed: while the writer cannot commit, every audited
+request is refused with 503 before any work (``before_request``); when a record cannot be taken
+(queue full, writer failing, insert failed) the answer is a 503 instead of the data — except for a
+successful write interaction, whose change already committed its own AuditEvent in the same
+transaction (a 503 would then misreport a change that happened). The patient of the event comes
+from the URL (``Patient/{id}/…``), the ``patient``/``subject`` search parameters, the resource
+answered by a read, the client's own patient, or what the route added with :func:`note`; the
+entities from the URL, the ``Location``/``Content-Location`` of the answer (a created resource,
+the DiagnosticReport of ``$ingest-vcf``, the Task of a background ingestion) and :func:`note`.
+Reading the trail first waits for this process's queue to be committed (read-your-writes).
+CDS Hooks calls are recorded through :func:`finish` by ``server/api/cds.py``.
+``GET /fhir/AuditEvent?patient=&agent=&date=`` and ``GET /fhir/AuditEvent/{id}``
 need ``system/AuditEvent.rs`` (or ``.read``); every write method on AuditEvent answers 405
 (append-only, https://hl7.org/fhir/R4/auditevent.html "AuditEvents should not be changed").
 """
@@ -12,17 +22,20 @@ need ``system/AuditEvent.rs`` (or ``.read``); every write method on AuditEvent a
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
 from server import audit, jsonio
 from server.api.auth import PUBLIC_PATHS, _protected
 from server.api.http import ctx, fhir_base, fhir_response, negotiate, query_pairs
+from server.audit_queue import AuditUnavailable, AuditWriter
 from server.auth.access import Access, compartment_patients, require
-from server.errors import Forbidden, Issue, MethodNotAllowed, operation_outcome
+from server.errors import Forbidden, Issue, MethodNotAllowed, Unavailable, operation_outcome
 
-__all__ = ["bp", "init_app"]
+__all__ = ["bp", "ensure_writable", "finish", "flush_trail", "init_app", "note", "persist", "refused"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +71,7 @@ def _forbid_writes(*_: Any, **__: Any) -> Response:
 def search() -> Response:
     media = negotiate()
     _trail_access()
+    flush_trail()
     events, next_aid = audit.find(
         ctx().store, query_pairs(), ctx().config.default_page_size, ctx().config.max_page_size
     )
@@ -68,6 +82,7 @@ def search() -> Response:
 def read(id_: str) -> Response:
     media = negotiate()
     _trail_access()
+    flush_trail()
     return fhir_response(audit.read(ctx().store, id_), media=media)
 
 
@@ -103,7 +118,8 @@ def _patients(access: Access, resp: Response) -> list[str]:
                     found.append(v)
                 elif len(ref) >= 2 and ref[-2] == "Patient":
                     found.append(ref[-1])
-    if not found and resp.status_code == 200 and request.method == "GET" and args.get("id_") and args.get("type_"):
+    single = (args.get("id_") and args.get("type_")) or request.endpoint == "fhir.ingest_vcf_status"
+    if not found and resp.status_code == 200 and request.method == "GET" and single:
         try:
             resource = jsonio.loads(resp.get_data())
             if isinstance(resource, dict):
@@ -119,40 +135,151 @@ def _outcome(status: int) -> str:
     return "0" if status < 400 else ("4" if status < 500 else "8")
 
 
+#: write interactions whose change carries its own AuditEvent, written in the change's transaction
+_WRITES = frozenset(
+    f"fhir.{n}"
+    for n in ("create", "update", "conditional_update", "patch", "conditional_patch", "delete", "conditional_delete")
+)
+_LOCATION = re.compile(r"^/?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([A-Za-z0-9\-.]{1,64}))?(?:/|$)")
+
+
+def note(
+    patients: Sequence[str] = (), entities: Sequence[str] = (), identifiers: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Add patients, resources (``Type/id``) and other entities ((system, value)) to the AuditEvent
+    of the running request."""
+    g.setdefault("bigmed_audit_patients", []).extend(patients)
+    g.setdefault("bigmed_audit_entities", []).extend(entities)
+    g.setdefault("bigmed_audit_identifiers", []).extend(identifiers)
+
+
+def _location_entity(resp: Response) -> str | None:
+    """``Type/id[/_history/v]`` of the resource a response points to (Location / Content-Location)."""
+    url = resp.headers.get("Location") or resp.headers.get("Content-Location")
+    if not url:
+        return None
+    path = url.removeprefix(fhir_base())
+    if path == url and "://" in url:
+        return None
+    m = _LOCATION.match(path)
+    if not m:
+        return None
+    return f"{m[1]}/{m[2]}" + (f"/_history/{m[3]}" if m[3] else "")
+
+
+def _writer() -> AuditWriter | None:
+    found: AuditWriter | None = current_app.extensions.get("bigmed_audit_writer")
+    return found
+
+
+def persist(rec: audit.AuditRecord) -> None:
+    """Record one access: queued for the group commit (async mode) or inserted now (sync mode).
+
+    Raises :class:`~server.audit_queue.AuditUnavailable` (or the store's error in sync mode) when the
+    record cannot be taken: the caller must not send the data.
+    """
+    writer = _writer()
+    if writer is None:
+        audit.record(ctx().store, rec)
+    else:
+        writer.submit(audit.rows(rec))
+
+
+_UNAVAILABLE = "The access could not be recorded in the audit trail; nothing was returned. Retry later."
+
+
+def refused() -> Response:
+    """The 503 answered instead of data whose access could not be recorded (fail closed)."""
+    resp = fhir_response(operation_outcome([Issue(_UNAVAILABLE)], "transient"), 503)
+    resp.headers["Retry-After"] = "5"
+    return resp
+
+
+def finish(resp: Response, rec: audit.AuditRecord, *, covered: bool = False) -> Response:
+    """``resp`` once ``rec`` is recorded; :func:`refused` when it cannot be (unless ``covered``:
+    the access already has its AuditEvent, committed with the change it made)."""
+    try:
+        persist(rec)
+    except Exception as exc:  # any storage failure: fail closed, never hand out unaudited data
+        if covered:
+            log.warning("request AuditEvent not recorded (%s); the change's own AuditEvent was committed", exc)
+            return resp
+        if isinstance(exc, AuditUnavailable):
+            log.warning("refusing a response: %s", exc)
+        else:
+            log.exception("could not record the AuditEvent of a request; answering 503")
+        return refused()
+    return resp
+
+
+def _audited() -> bool:
+    return (
+        ctx().config.audit
+        and _protected(request.path)
+        and request.path not in PUBLIC_PATHS
+        and request.method != "OPTIONS"
+        and "bigmed_access" in g
+    )
+
+
+def ensure_writable() -> None:
+    """503 (:class:`~server.errors.Unavailable`) while the async writer cannot commit: refuse the work
+    before doing it."""
+    writer = _writer()
+    if writer is not None and ctx().config.audit:
+        try:
+            writer.check()
+        except AuditUnavailable:
+            raise Unavailable(_UNAVAILABLE, headers={"Retry-After": "5"}) from None
+
+
+def _check_writer() -> None:
+    """Before the work: refuse every audited request while the trail cannot be written."""
+    if _audited():
+        ensure_writable()
+
+
 def _record(resp: Response) -> Response:
-    if not ctx().config.audit or not _protected(request.path) or request.path in PUBLIC_PATHS:
-        return resp
-    if request.method == "OPTIONS" or "bigmed_access" not in g:
+    if not _audited():
         return resp
     access: Access = g.bigmed_access
-    action, subtype = _SUBTYPES.get(request.endpoint or "", ("E", "operation"))
+    endpoint = request.endpoint or ""
+    action, subtype = _SUBTYPES.get(endpoint, ("E", "operation"))
     args = request.view_args or {}
-    entity = None
+    entities: list[str] = []
     if args.get("type_") and args.get("id_"):
-        entity = f"{args['type_']}/{args['id_']}" + (f"/_history/{args['vid']}" if args.get("vid") else "")
+        entities.append(f"{args['type_']}/{args['id_']}" + (f"/_history/{args['vid']}" if args.get("vid") else ""))
+    if resp.status_code < 400:
+        located = _location_entity(resp)
+        if located and not any(located.startswith(e) for e in entities):
+            entities.append(located)
+    entities += g.get("bigmed_audit_entities", [])
     rec = audit.AuditRecord(
         agent=access.client_id,
         action=action,
         subtype=subtype,
         outcome=_outcome(resp.status_code),
         outcome_desc=None if resp.status_code < 400 else f"HTTP {resp.status_code}",
-        patients=_patients(access, resp),
-        entities=[entity] if entity else [],
+        patients=list(dict.fromkeys([*_patients(access, resp), *g.get("bigmed_audit_patients", [])])),
+        entities=list(dict.fromkeys(entities)),
         query=f"{request.method} {request.full_path.rstrip('?')}",
         address=request.remote_addr,
+        identifiers=g.get("bigmed_audit_identifiers", []),
     )
-    try:
-        audit.record(ctx().store, rec)
-    except Exception:  # any storage failure: fail closed, never hand out unaudited data
-        log.exception("could not record the AuditEvent of a request; answering 503")
-        body = operation_outcome(
-            [Issue("The access could not be recorded in the audit trail; nothing was returned. Retry later.")],
-            "transient",
-        )
-        return fhir_response(body, 503)
-    return resp
+    return finish(resp, rec, covered=endpoint in _WRITES and resp.status_code < 400)
+
+
+def flush_trail() -> None:
+    """Before the trail is read: everything this process recorded so far is committed (or 503)."""
+    writer = _writer()
+    if writer is not None and not writer.flush(5.0):
+        raise Unavailable(_UNAVAILABLE, headers={"Retry-After": "5"})
 
 
 def init_app(app: Flask) -> None:
+    cfg = app.extensions["bigmed"].config
+    if cfg.audit and cfg.audit_mode == "async":
+        app.extensions["bigmed_audit_writer"] = audit.writer(app.extensions["bigmed"].store, cfg.audit_queue)
     app.register_blueprint(bp)
+    app.before_request(_check_writer)
     app.after_request(_record)

@@ -248,6 +248,11 @@ def _check_route(access: Access) -> None:
             if request.method != "GET":
                 raise Forbidden("A patient-level client calls genomics operations with GET and a subject parameter")
             _own_patient(access, (request.args.get("subject") or "").removeprefix("Patient/"))
+    elif endpoint in ("fhir.rare_prioritize-variants", "fhir.rare_similar"):
+        # both read other patients' records (parents; the whole cohort): not for a patient-level client
+        _not_patient_level(access, f"Patient/${endpoint.removeprefix('fhir.rare_')}")
+        _needs(access, ("Patient",), "r")
+        _needs(access, ("Observation", "Condition"), "rs")
     elif endpoint in ("bulk.export_system", "bulk.export_patients", "bulk.export_group"):
         _not_patient_level(access, "Bulk export")
         _needs(access, _requested_types(), "rs")

@@ -48,13 +48,16 @@ def _finish(resp: Response, etag: str | None, last_modified: str | None) -> Resp
     return resp
 
 
-def cached(types: Sequence[str], produce: Callable[[], Response]) -> Response:
-    """Answer a GET from the cache when possible, else ``produce()`` it and remember it."""
+def cached(types: Sequence[str], produce: Callable[[], Response], media: str | None = None) -> Response:
+    """Answer a GET from the cache when possible, else ``produce()`` it and remember it.
+
+    ``media``: the negotiated media type when the route has it already (saves negotiating twice).
+    """
     cache = ctx().cache
     if cache is None or request.method != "GET":
         resp = produce()
         return _finish(resp, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
-    media = negotiate()
+    media = media or negotiate()
     params = sorted(request.args.items(multi=True))
     handling = (request.headers.get("Prefer") or "").replace(" ", "").lower()  # handling=strict: other answer
     # the authorization context is part of the key: one client never gets an answer cached for another

@@ -5,13 +5,18 @@ Routes only: ``GET /cds-services`` (discovery), ``POST /cds-services/{id}`` (a h
 feedback). Before each request the CDS client's JWT is verified (:mod:`server.cds.jwt`; CORS
 preflights excepted); after each, CORS headers for browser clients (any origin with
 ``BIGMED_AUTH=open`` — the public sandbox runs in a browser —, else ``BIGMED_CORS_ORIGINS``).
+Every service call is audited (:func:`_audit`, :mod:`server.api.audit`), fail closed like /fhir.
 The work is in :mod:`server.cds`.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from collections.abc import Mapping
 
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+
+from server import audit
+from server.api import audit as audit_api
 from server.api.auth import token_service
 from server.api.http import ctx, fhir_base, read_json_body
 from server.auth.access import Access
@@ -46,7 +51,41 @@ def _verify_client() -> None:
     if request.method == "OPTIONS":
         return
     verifier: CdsClientVerifier = current_app.extensions["bigmed_cds_verifier"]
-    verifier.verify(request.headers.get("Authorization"), _audiences())
+    g.bigmed_cds_claims = verifier.verify(request.headers.get("Authorization"), _audiences()) or {}
+    if request.endpoint == "cds.call":
+        audit_api.ensure_writable()  # fail closed: no service call while its record could not be kept
+
+
+#: entity systems of a CDS call's AuditEvent (the service called, the hook instance)
+CDS_SERVICE = "urn:bigmed:cds-service"
+CDS_HOOK_INSTANCE = "urn:bigmed:cds-hook-instance"
+
+
+@bp.after_request
+def _audit(resp: Response) -> Response:
+    """The AuditEvent of a service call (issue 9: "CDS service call"): agent the CDS client (JWT
+    ``iss``, ``sub`` as altId; ``anonymous`` with ``BIGMED_CDS_JWT=off``), the context's patient,
+    action E, the service id (and hookInstance) as entities; 503 instead of cards when it cannot be kept."""
+    if request.endpoint != "cds.call" or not ctx().config.audit or "bigmed_cds_claims" not in g:
+        return resp  # not a call, or the client was not verified (401: nothing was done)
+    claims = g.bigmed_cds_claims
+    iss, sub = claims.get("iss"), claims.get("sub")
+    agent = str(iss) if iss else "anonymous"
+    ids = [(CDS_SERVICE, str((request.view_args or {}).get("service_id")))]
+    ids += [(CDS_HOOK_INSTANCE, h) for h in g.get("bigmed_cds_hook_instance", [])]
+    rec = audit.AuditRecord(
+        agent=agent,
+        agent_alt=str(sub) if sub and sub != iss else None,
+        action="E",
+        subtype="operation",
+        outcome="0" if resp.status_code < 400 else ("4" if resp.status_code < 500 else "8"),
+        outcome_desc=None if resp.status_code < 400 else f"HTTP {resp.status_code}",
+        patients=list(dict.fromkeys(g.get("bigmed_audit_patients", []))),
+        identifiers=ids,
+        query=f"POST {request.path}",
+        address=request.remote_addr,
+    )
+    return audit_api.finish(resp, rec)
 
 
 @bp.after_request
@@ -78,6 +117,11 @@ def _authenticate(token: str) -> Access:
 @bp.post("/<service_id>")
 def call(service_id: str) -> Response:
     body = read_json_body()
+    context = body.get("context") if isinstance(body, Mapping) else None
+    if isinstance(context, Mapping) and isinstance(context.get("patientId"), str):
+        audit_api.note(patients=[context["patientId"]])
+    if isinstance(body, Mapping) and isinstance(body.get("hookInstance"), str):
+        g.bigmed_cds_hook_instance = [body["hookInstance"]]
     answer = hooks.call_service(
         ctx(),
         service_id,

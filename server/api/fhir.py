@@ -138,6 +138,7 @@ def search_type(type_: str) -> Response:
     return cached(
         _depends_on(type_),
         lambda: fhir_response(search(ctx(), fhir_base(), type_, query_pairs(), strict=_strict()), media=media),
+        media,
     )
 
 

@@ -9,7 +9,8 @@ CRLF or LF, optionally MLLP-framed (appendix C) or wrapped in FHS/BHS batch segm
 message's resources are stored atomically; the answer (``200``, ``x-application/hl7-v2+er7``) holds
 one original-mode ACK per message, in order (chapter 2.9): ``MSA|AA`` stored (or a duplicate of a
 stored message), ``MSA|AE``/``MSA|AR`` with an ERR segment saying what and where. A malformed message
-never stops the others. An MLLP-framed request gets MLLP-framed ACKs. A body that holds no
+never stops the others. An MLLP-framed request gets MLLP-framed ACKs. The request's AuditEvent
+(:mod:`server.api.audit`) lists the control id of every stored message. A body that holds no
 message at all, or the wrong media type, gets a 400/415 OperationOutcome like every error.
 """
 
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, request
 
+from server.api import audit as audit_api
 from server.api.http import ctx, fhir_base, fhir_response, negotiate
 from server.auth.access import current_access, require
 from server.errors import BadRequest, Forbidden, UnsupportedMediaType
@@ -34,6 +36,19 @@ _TYPES = ("application/hl7-v2", "x-application/hl7-v2+er7", "application/hl7-v2+
 _MLLP_START, _MLLP_END = "\x0b", "\x1c\r"
 #: what an HL7 v2 feed writes (create and update), and what the quarantine shows (patients' records)
 _WRITTEN = ("Patient", "Encounter", "Practitioner", "Observation", "DiagnosticReport", "Specimen")
+#: AuditEvent entity system of an HL7 v2 message, by its control id (MSH-10)
+HL7_MESSAGE = "urn:bigmed:hl7v2-message-control-id"
+
+
+def _stored_control_ids(acks: list[str]) -> list[str]:
+    """Control ids (MSA-2) of the messages acknowledged ``AA`` (stored, or a duplicate of a stored one)."""
+    out = []
+    for ack in acks:
+        for segment in ack.replace("\n", "\r").split("\r"):
+            fields = segment.split("|")
+            if fields[0] == "MSA" and len(fields) > 2 and fields[1] == "AA" and fields[2]:
+                out.append(fields[2])
+    return out
 
 
 def _not_patient_level(what: str) -> None:
@@ -64,6 +79,7 @@ def receive() -> Response:
     report = ingest_hl7(ctx(), [(source, body)], acks=True)
     if not report.acks:
         raise BadRequest("The request body holds no HL7 v2 message")
+    audit_api.note(identifiers=[(HL7_MESSAGE, ctrl) for ctrl in _stored_control_ids(report.acks)])
     framed = data.lstrip(b" \t\r\n")[:1] == b"\x0b"
     text = "".join(f"{_MLLP_START}{a}{_MLLP_END}" if framed else a for a in report.acks)
     return Response(text.encode("utf-8"), 200, content_type=f"{ER7}; charset=utf-8")

@@ -61,7 +61,9 @@ class Access:
     token_id: str | None = None
     authenticated: bool = True
     address: str | None = None  # the request's source address (audit)
-    purpose: str = "treatment"  # "research": population operations honour research-use denials
+    #: the client's registered purpose: only "treatment" (direct care) sees, in population answers, the
+    #: patients who denied research use; "research" and "unspecified" (the anonymous sandbox) do not
+    purpose: str = "treatment"
 
     @property
     def unrestricted(self) -> bool:
@@ -84,8 +86,9 @@ class Access:
         return f"{self.client_id}|{self.grant}|{self.patient or ''}"
 
 
-#: BIGMED_AUTH=open: no token, everything allowed, audited as "anonymous".
-ANONYMOUS = Access("anonymous", None, None, authenticated=False)
+#: BIGMED_AUTH=open: no token, everything allowed, audited as "anonymous". Nobody registered a purpose
+#: for it, so research-use denials are honoured (the conservative reading of a Consent).
+ANONYMOUS = Access("anonymous", None, None, authenticated=False, purpose="unspecified")
 #: the command line and background work started by an authorised request.
 SYSTEM = Access("system", None, None)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.auth.jose import JwtError, check_jwks
-from server.auth.scopes import Grant, ScopeError
+from server.auth.scopes import Grant, ScopeError, granular_refusal
 from server.store.base import Store
 
 __all__ = ["PURPOSES", "Client", "ClientError", "add_client", "get_client", "list_clients", "revoke_client"]
@@ -100,6 +100,9 @@ def _check(
         raise ClientError(str(exc)) from None
     if not grant.scopes:
         raise ClientError("register at least one resource scope, e.g. system/Observation.rs")
+    granular = [str(s) for s in grant.scopes if s.query is not None]
+    if granular:
+        raise ClientError(granular_refusal(granular))
     if patient is not None and not re.match(r"^[A-Za-z0-9\-.]{1,64}$", patient):
         raise ClientError(f"'{patient}' is not a resource id")
     checked = None

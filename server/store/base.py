@@ -175,6 +175,10 @@ class Store(Protocol):
     def reindex(self, entries: Sequence[tuple[int, int, str, Any]]) -> int:
         """:meth:`WriteTx.replace_index` in a transaction of its own (``python -m server reindex``)."""
 
+    def bulk_session(self) -> AbstractContextManager[bool]:
+        """Around a bulk write made of many transactions (a load, an EHR feed): into an empty store
+        the search index tables' value indexes are built once at the end (yields True then)."""
+
     def analyze(self) -> None:
         """Refresh the query planner's statistics of the store's tables (after bulk writes).
 

@@ -893,3 +893,32 @@ def test_modules_state_what_they_own() -> None:
     for module in (mappers.vcf, mappers.vcf_annotations, mappers.genomics_codes):
         assert module.__doc__ and "genomics-reporting" in module.__doc__
     assert "hts-specs" in (mappers.vcf.__doc__ or "")
+
+
+# -- population allele frequency (92821-8) ---------------------------------------------------------
+def test_population_allele_frequency_from_named_keys_only() -> None:
+    from profiles.validate import validate_structure
+
+    _, resources = run(DATA / "population_af_grch38.vcf")
+    for resource in resources:
+        assert not validate_structure(resource), resource["id"]
+    fbn1 = variant_at(resources, 48500000)
+    # INFO gnomAD_AF 0.00002 and AF_popmax 0.0001: the highest; INFO/AF (cohort, 0.5) never
+    assert one(fbn1, "92821-8") == 0.0001
+    [component] = components(fbn1, "92821-8")
+    assert component["code"]["coding"][0] == {
+        "system": LOINC,
+        "code": "92821-8",
+        "display": "Population allele frequency",
+    }
+    assert component["code"]["text"] == "Population allele frequency (gnomAD_AF, AF_popmax)"
+    assert component["valueQuantity"]["code"] == "1"
+    # VEP CSQ: gnomADe 0.001, gnomADg 0.0008&0.0012, MAX_AF 0.002 -> 0.002; CSQ AF (1000 Genomes) 0.3 not read
+    cftr = variant_at(resources, 117500000)
+    assert one(cftr, "92821-8") == 0.002
+    assert "CSQ MAX_AF" in components(cftr, "92821-8")[0]["code"]["text"]
+    # multi-allelic Number=A: the called second ALT's values (0 is a frequency, '.' is none)
+    second = variant_at(resources, 117500100, "T")
+    assert one(second, "92821-8") == 0.0
+    # only the cohort AF, or values that are no frequency: no component
+    assert components(variant_at(resources, 117500200), "92821-8") == []

@@ -6,6 +6,7 @@ started and stopped here to test an outage mid-run.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -14,9 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
+from prometheus_client import REGISTRY
 
-from server.cache import CachedAnswer, LocalBackend, QueryCache, RedisBackend
+from server.cache import CachedAnswer, LocalBackend, Lru, QueryCache, RedisBackend
 from server.store import open_store
+from tests.conftest import redis_url
 
 
 class FakeStore:
@@ -133,7 +137,8 @@ def private_redis() -> Iterator[dict[str, Any]]:
 
 def test_redis_outage_degrades_and_recovers_without_staleness(private_redis: dict[str, Any]) -> None:
     store = FakeStore()
-    cache = QueryCache(RedisBackend(private_redis["url"], timeout=0.05), store, warn_interval=0.0)  # type: ignore[arg-type]
+    redis_only = {"local_bytes": 0, "retry_after": 0.0}  # the Redis tier alone, asked on every lookup
+    cache = QueryCache(RedisBackend(private_redis["url"], timeout=0.05), store, warn_interval=0.0, **redis_only)  # type: ignore[arg-type]
     key = cache.key(["Patient"], "GET /Patient/1")
     cache.put(key, _answer("v1"))
     assert cache.get(key) == _answer("v1") and cache.health()["status"] == "ok"
@@ -151,3 +156,94 @@ def test_redis_outage_degrades_and_recovers_without_staleness(private_redis: dic
     assert new_key != key and cache.get(new_key) is None
     cache.put(new_key, _answer("v2"))
     assert cache.get(new_key) == _answer("v2")
+
+
+# -- the in-process tier, write-behind and the back-off after failures -------------------------------
+
+
+def test_lru_is_bounded_by_bytes() -> None:
+    lru: Lru[bytes] = Lru(max_entries=100, max_bytes=10)
+    lru.put("a", b"aaaa", 4, 60)
+    lru.put("b", b"bbbb", 4, 60)
+    assert lru.get("a") == b"aaaa"  # a is now the most recent: b goes first
+    lru.put("c", b"cccc", 4, 60)
+    assert lru.get("b") is None and lru.get("a") == b"aaaa" and lru.get("c") == b"cccc"
+    assert lru.bytes == 8 and len(lru) == 2
+    lru.put("big", b"x" * 11, 11, 60)  # larger than the whole budget: not kept, nothing evicted
+    assert lru.get("big") is None and len(lru) == 2
+    lru.put("a", b"A", 1, 60)  # replacing a value frees the old size
+    assert lru.bytes == 5
+
+
+def _events(backend: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value("bigmed_cache_events_total", {"backend": backend, "outcome": outcome})
+    return value or 0.0
+
+
+def test_workers_share_answers_through_redis_and_keep_them_locally() -> None:
+    url = redis_url()
+    store = FakeStore()
+    store.gens["@store"] = random.getrandbits(60)  # a private key space in the shared test Redis
+    first = QueryCache(RedisBackend(url), store, write_behind=True)  # type: ignore[arg-type]
+    second = QueryCache(RedisBackend(url), store, write_behind=True)  # type: ignore[arg-type]  # another worker
+    key = first.key(["Patient"], "GET /Patient/w")
+    first.put(key, _answer("shared"))
+    assert first.flush(5.0)  # the write left the response path; it reached Redis in the background
+    assert redis.Redis.from_url(url).exists(key)
+    redis_hits, local_hits = _events("redis", "hit"), _events("in-process", "hit")
+    assert second.get(key) == _answer("shared")  # from Redis (second has never seen it) …
+    assert second.get(key) == _answer("shared")  # … then from its own memory
+    assert _events("redis", "hit") == redis_hits + 1 and _events("in-process", "hit") == local_hits + 1
+    store.gens["Patient"] = 1  # a write: neither tier is asked for the old key again
+    assert second.get(second.key(["Patient"], "GET /Patient/w")) is None
+
+
+class CountingDownBackend:
+    """A shared tier that is down: every call fails like an unreachable Redis, and is counted."""
+
+    name = "redis"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _fail(self) -> Any:
+        self.calls += 1
+        raise redis.ConnectionError("connection refused")
+
+    def get(self, key: str) -> bytes | None:
+        return self._fail()
+
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        self._fail()
+
+    def set_many(self, items: Any, ttl: int) -> None:
+        self._fail()
+
+    def ping(self) -> None:
+        self._fail()
+
+
+def test_after_a_failure_redis_is_left_alone_for_a_while() -> None:
+    backend = CountingDownBackend()
+    cache = QueryCache(backend, FakeStore(), local_bytes=0, retry_after=0.2)  # type: ignore[arg-type]
+    assert cache.get("k1") is None and backend.calls == 1
+    for n in range(20):  # an outage costs one attempt per interval, not one per request
+        assert cache.get(f"k{n}") is None
+        cache.put(f"k{n}", _answer("x"))
+    assert backend.calls == 1 and cache.resting()
+    time.sleep(0.25)
+    assert cache.get("k1") is None and backend.calls == 2
+    assert cache.health()["status"] == "degraded"
+
+
+def test_the_local_tier_answers_while_redis_is_down() -> None:
+    """Keys still follow the database's generations, so what memory holds is never stale."""
+    backend = CountingDownBackend()
+    store = FakeStore()
+    cache = QueryCache(backend, store, retry_after=0.0)  # type: ignore[arg-type]
+    key = cache.key(["Patient"], "GET /Patient/1")
+    cache.put(key, _answer("v1"))
+    assert cache.get(key) == _answer("v1")
+    store.gens["Patient"] = 4
+    new_key = cache.key(["Patient"], "GET /Patient/1")
+    assert cache.get(new_key) is None  # asked Redis (down) and missed; served from the database

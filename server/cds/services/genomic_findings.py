@@ -14,6 +14,10 @@ CDS Hooks 2.0 patient-view service (https://cds-hooks.hl7.org/hooks/patient-view
   with encorafenib plus cetuximab (BEACON CRC, Kopetz et al. N Engl J Med 2019;381:1632-43), an
   anti-EGFR antibody; it gets an info card of its own;
 - **PGx phenotypes** (TherapeuticImplication Observations): one info card listing them;
+- **rare-disease candidate genes** for a patient with HPO phenotypes and variant calls but no
+  diagnosis: one info card with the top genes of the phenotype-driven ranking and links to the
+  full ``Patient/$prioritize-variants`` result (:mod:`server.cds.services.rare_candidates`, which
+  states what "no diagnosis" means and how its latency is bounded);
 - every card links to the patient's page of the sandbox UI (``{BIGMED_BASE_URL}/#/patient/{id}``).
 """
 
@@ -25,6 +29,7 @@ from typing import Any
 
 from server.cds.model import HookCall, Service, card, link
 from server.cds.patient import Variant, pgx_results, variants
+from server.cds.services import rare_candidates
 
 __all__ = ["PREFETCH", "SERVICES", "cards"]
 
@@ -39,6 +44,7 @@ PREFETCH = {
     "pgx": "Observation?patient={{context.patientId}}&code="
     + _TBD
     + "|therapeutic-implication,http://loinc.org|84413-4&_count=500",
+    **rare_candidates.PREFETCH,
 }
 CARDIAC = {
     "KCNQ1": "long QT syndrome type 1",
@@ -200,7 +206,12 @@ def _pgx_card(call: HookCall) -> list[dict[str, Any]]:
 
 def cards(call: HookCall) -> list[dict[str, Any]]:
     found = variants(call.prefetch.get("implications"), call.prefetch.get("ras"))
-    return [*_pathogenic_cards(call, found), *_oncology_cards(call, found), *_pgx_card(call)]
+    return [
+        *_pathogenic_cards(call, found),
+        *_oncology_cards(call, found),
+        *_pgx_card(call),
+        *rare_candidates.cards(call, found),
+    ]
 
 
 SERVICES = (
@@ -210,8 +221,9 @@ SERVICES = (
         title="Actionable genomic findings",
         description=(
             "Pathogenic/likely pathogenic variants (inherited cardiac, hereditary colorectal cancer, rare disease), "
-            "somatic RAS status for anti-EGFR therapy (BRAF V600E handled apart), PGx phenotypes, and a link to the "
-            "patient's page in the BigMed sandbox."
+            "somatic RAS status for anti-EGFR therapy (BRAF V600E handled apart), PGx phenotypes, candidate genes "
+            "for a patient with HPO phenotypes and variant calls but no diagnosis, and a link to the patient's page "
+            "in the BigMed sandbox."
         ),
         prefetch=PREFETCH,
         handler=cards,

@@ -1,17 +1,47 @@
 """The orders a order-select / order-sign call is about (https://cds-hooks.hl7.org/hooks/order-select/,
 https://cds-hooks.hl7.org/hooks/order-sign/): order-select acts on the draft orders named in
 ``context.selections`` (``MedicationRequest/123``), order-sign on every entry of ``draftOrders``.
+A service offered on both hooks is declared once with :func:`order_services`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from server.cds.model import HookCall
+from server.cds.model import Handler, HookCall, Service
 from server.cds.patient import resources
 
-__all__ = ["medication_concept", "medication_requests", "order_reference"]
+__all__ = ["ORDER_HOOKS", "medication_concept", "medication_requests", "order_reference", "order_services"]
+
+#: the order hooks, and what their orders are being (the ``{what}`` of a service description)
+ORDER_HOOKS = {"order-select": "selected", "order-sign": "signed"}
+
+
+def order_services(
+    name: str,
+    ids: Mapping[str, str],
+    description: str,
+    handler: Handler,
+    prefetch: Mapping[str, str],
+    required: Sequence[str] = (),
+) -> tuple[Service, ...]:
+    """One service per order hook in ``ids`` (hook -> service id, in discovery order), same handler.
+
+    Titles read ``{name} (order select)``; ``description`` may say ``{what}`` (selected / signed).
+    """
+    return tuple(
+        Service(
+            id=service_id,
+            hook=hook,
+            title=f"{name} ({hook.replace('-', ' ')})",
+            description=description.format(what=ORDER_HOOKS[hook]),
+            prefetch=prefetch,
+            handler=handler,
+            required=tuple(required),
+        )
+        for hook, service_id in ids.items()
+    )
 
 
 def order_reference(resource: Mapping[str, Any]) -> str:

@@ -34,9 +34,9 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from server.cds.model import HookCall, Service, card, link, suggestion
+from server.cds.model import HookCall, card, link, suggestion
 from server.cds.patient import PgxResult, indication, pgx_results
-from server.cds.services.orders import medication_concept, medication_requests, order_reference
+from server.cds.services.orders import medication_concept, medication_requests, order_reference, order_services
 from server.knowledge.drugs import RXNORM, Recognised, load_drugs
 from server.knowledge.pgx import CpicDrug, Recommendation, load_recommendations, load_tables, recommendations_for
 
@@ -313,23 +313,11 @@ _DESCRIPTION = (
     "fluoropyrimidines/DPYD, thiopurines/TPMT+NUDT15, simvastatin/SLCO1B1 and the other CPIC drugs of the genes "
     "this server calls; warfarin links to the CPIC dosing algorithm; no result on file suggests the test."
 )
-SERVICES = (
-    Service(
-        id="pgx-order-select",
-        hook="order-select",
-        title="Pharmacogenomics (order select)",
-        description=_DESCRIPTION.format(what="selected"),
-        prefetch=PREFETCH,
-        handler=cards,
-        required=("pgx",),
-    ),
-    Service(
-        id="pgx-order-sign",
-        hook="order-sign",
-        title="Pharmacogenomics (order sign)",
-        description=_DESCRIPTION.format(what="signed"),
-        prefetch=PREFETCH,
-        handler=cards,
-        required=("pgx",),
-    ),
+SERVICES = order_services(
+    "Pharmacogenomics",
+    {"order-select": "pgx-order-select", "order-sign": "pgx-order-sign"},
+    _DESCRIPTION,
+    cards,
+    PREFETCH,
+    required=("pgx",),
 )

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.cds.model import HookCall, Service, card, link, suggestion
+from server.cds.model import HookCall, card, link, suggestion
 from server.cds.patient import variants
-from server.cds.services.orders import medication_concept, medication_requests, order_reference
+from server.cds.services.orders import medication_concept, medication_requests, order_reference, order_services
 from server.knowledge.drugs import load_drugs, load_qt_drugs
 
 __all__ = ["LQT_GENES", "PREFETCH", "SERVICES", "cards"]
@@ -99,23 +99,11 @@ def cards(call: HookCall) -> list[dict[str, Any]]:
 
 
 _DESCRIPTION = "Warns when a QT-prolonging drug is {what} for a patient with a pathogenic long-QT gene variant."
-SERVICES = (
-    Service(
-        id="qt-risk",
-        hook="order-sign",
-        title="QT risk (order sign)",
-        description=_DESCRIPTION.format(what="signed"),
-        prefetch=PREFETCH,
-        handler=cards,
-        required=("implications",),
-    ),
-    Service(
-        id="qt-risk-order-select",
-        hook="order-select",
-        title="QT risk (order select)",
-        description=_DESCRIPTION.format(what="selected"),
-        prefetch=PREFETCH,
-        handler=cards,
-        required=("implications",),
-    ),
+SERVICES = order_services(
+    "QT risk",
+    {"order-sign": "qt-risk", "order-select": "qt-risk-order-select"},
+    _DESCRIPTION,
+    cards,
+    PREFETCH,
+    required=("implications",),
 )

@@ -58,6 +58,7 @@ from server import jsonio
 from server.errors import FhirError
 from server.fhir import crud
 from server.fhir.context import FhirContext
+from server.fhir.report import WriteCounts
 from server.fhir.resource import instant, stamp
 from server.fhir.transaction import LOCAL_URN_PREFIXES, conditional_reference, criteria_of, rewrite_references
 from server.fhir.validation import validate_resource
@@ -69,7 +70,6 @@ __all__ = [
     "Outcome",
     "QuarantineRow",
     "RecordError",
-    "StoreCounts",
     "Unit",
     "Writer",
     "canonical",
@@ -164,25 +164,11 @@ def quarantine_row(kind: str, q: Quarantined) -> QuarantineRow:
 
 
 @dataclass
-class StoreCounts:
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    matched: int = 0  # conditional creates that found their resource: nothing written
-
-    def add(self, other: StoreCounts) -> None:
-        self.created += other.created
-        self.updated += other.updated
-        self.unchanged += other.unchanged
-        self.matched += other.matched
-
-
-@dataclass
 class Outcome:
     """What became of one unit: ``stored``, ``duplicate`` (logged message seen again) or ``failed``."""
 
     status: str
-    counts: StoreCounts = field(default_factory=StoreCounts)
+    counts: WriteCounts = field(default_factory=WriteCounts)
     problem: Problem | None = None
 
 
@@ -398,7 +384,7 @@ class Writer:
         self.units: list[Unit] = []
         self.rows: list[QuarantineRow] = []
         self.size = 0
-        self.counts = StoreCounts()
+        self.counts = WriteCounts()
         self.quarantined = 0  # rows written to ehr_quarantine
 
     def add(self, unit: Unit) -> list[tuple[Unit, Outcome]]:
@@ -566,7 +552,7 @@ class Writer:
                 writes.append((item, real, _swap_content(item.content, swaps), _swap_rows(item.index, swaps)))
             else:
                 writes.append((item, real, item.content, item.index))
-        return _Planned(unit, writes, created, Outcome("stored", StoreCounts(matched=len(matched))))
+        return _Planned(unit, writes, created, Outcome("stored", WriteCounts(matched=len(matched))))
 
 
 def quarantine_row_for(unit: Unit, problem: Problem) -> QuarantineRow:

@@ -40,8 +40,8 @@ from server.errors import BadRequest, Forbidden, Gone, NotFound
 from server.fhir.context import FhirContext
 from server.fhir.resource import check_id
 from server.fhir.search import run_parsed
-from server.search.compartments import SELF, Compartment, compartments
-from server.search.query import Clause, IncludeSpec, ParsedSearch, date_range
+from server.search.compartments import Compartment, compartments
+from server.search.query import Clause, IncludeSpec, ParsedSearch, compartments_clause, date_range
 
 __all__ = [
     "CARE_DATE",
@@ -135,26 +135,8 @@ class Patients:
 
 def membership_clause(res_type: str, patients: Patients) -> Clause:
     """Resources of ``res_type`` (alias ``r``) in the Patient compartment of ``patients``."""
-    params = patient_compartment().params_for(res_type)
-    if not params:
-        raise BadRequest(f"{res_type} resources are not in the Patient compartment")
-    refs = [p for p in params if p != SELF]
-    parts: list[str] = []
-    args: list[Any] = []
-    if refs:
-        marks = ", ".join("?" for _ in refs)
-        owner = "" if patients.sql is None else f" AND x.target_id IN ({patients.sql})"
-        parts.append(
-            "r.rid IN (SELECT x.rid FROM idx_reference x WHERE x.target_type = ? AND x.res_type = ? "
-            f"AND x.param IN ({marks}){owner})"
-        )
-        args += ["Patient", res_type, *refs, *patients.params]
-    if SELF in params:
-        if patients.sql is None:
-            return Clause("1 = 1", [])
-        parts.append(f"r.res_id IN ({patients.sql})")
-        args += list(patients.params)
-    return Clause("(" + " OR ".join(parts) + ")", args)
+    owners = None if patients.sql is None else f"IN ({patients.sql})"
+    return compartments_clause(patient_compartment(), res_type, owners, patients.params)
 
 
 def care_date_param(ctx: FhirContext, res_type: str) -> str | None:

@@ -25,6 +25,13 @@ listed when its last version was in the compartment of one of the patients. Reso
 cannot be written (stored JSON no longer parseable) are reported as OperationOutcome lines in
 the ``error`` files instead; they never stop the export.
 
+**Consent for secondary use** (http://hl7.org/fhir/R4/consent.html; issue 9). A job started by a
+client registered with ``--purpose research`` (or by the anonymous sandbox) leaves out, at every
+level, the Patient-compartment resources of each patient with an active research denial
+(:func:`server.fhir.guard.excluded_for_purpose`, evaluated when the export starts), and their
+``deleted`` entries; resources outside the compartment are unaffected. Treatment clients (direct
+care) export everything they may read.
+
 **Constant memory.** Each type is read in pages of :data:`BATCH` rows ordered by ``rid``
 (keyset: ``rid > last``), written to ``{Type}-{n}.ndjson`` as it goes; a file holds at most
 ``BIGMED_EXPORT_MAX_LINES`` lines, then the next ``n`` starts.
@@ -68,6 +75,7 @@ from server.errors import (
     operation_outcome,
 )
 from server.fhir.context import FhirContext
+from server.fhir.guard import excluded_for_purpose
 from server.fhir.jobs import new_job_id, read_json, run_in_background, write_json_atomically
 from server.fhir.operations.everything import Patients, member_types, membership_clause, patient_compartment
 from server.fhir.resource import check_id, instant
@@ -124,6 +132,7 @@ class ExportRequest:
     group_id: str | None = None
     output_format: str = OUTPUT_FORMATS[0]
     client: str | None = None  # who started it: only they may poll, download or cancel
+    purpose: str = "treatment"  # the client's registered purpose; "research" leaves out research denials
 
 
 def parse_request(
@@ -173,16 +182,16 @@ def authorize(ctx: FhirContext, req: ExportRequest, access: Access) -> ExportReq
     if access.patient is not None:
         raise Forbidden(f"Bulk export needs a system-level token; this one is limited to Patient/{access.patient}")
     if access.grant is None:
-        return replace(req, client=access.client_id)
+        return replace(req, client=access.client_id, purpose=access.purpose)
     if req.types is not None:
         for type_ in req.types:
             require(type_, "rs", access)
-        return replace(req, client=access.client_id)
+        return replace(req, client=access.client_id, purpose=access.purpose)
     universe = sorted(ctx.registry.resource_types()) if req.level == "system" else member_types(ctx)
     allowed = access.allowed_types("rs", universe)
     if not allowed:
         raise Forbidden("The access token allows reading and searching no resource type: nothing to export")
-    return replace(req, types=tuple(allowed), client=access.client_id)
+    return replace(req, types=tuple(allowed), client=access.client_id, purpose=access.purpose)
 
 
 # -- job state on disk -------------------------------------------------------------------------
@@ -287,6 +296,7 @@ def kick_off(ctx: FhirContext, req: ExportRequest, background: bool = True) -> s
         "since": req.since,
         "group": req.group_id,
         "client": req.client,
+        "purpose": req.purpose,
         "transactionTime": now,
         "started": now,
         "heartbeat": now,
@@ -489,8 +499,35 @@ def _types(ctx: FhirContext, req: ExportRequest, at: float) -> list[str]:
     return [t for t in present if req.types is None or t in req.types]
 
 
+def _excluding(type_: str, excluded: set[str]) -> tuple[str, list[Any]] | None:
+    """SQL (alias ``r``) leaving out resources of ``type_`` in the compartment of an ``excluded`` patient."""
+    params = patient_compartment().params_for(type_)
+    if not excluded or not params:
+        return None
+    ids = sorted(excluded)
+    marks = ", ".join("?" for _ in ids)
+    parts: list[str] = []
+    args: list[Any] = []
+    refs = [p for p in params if p != SELF]
+    if refs:
+        parts.append(
+            "r.rid NOT IN (SELECT x.rid FROM idx_reference x WHERE x.target_type = ? AND x.res_type = ? "
+            f"AND x.param IN ({', '.join('?' for _ in refs)}) AND x.target_id IN ({marks}))"
+        )
+        args += ["Patient", type_, *refs, *ids]
+    if SELF in params:
+        parts.append(f"r.res_id NOT IN ({marks})")
+        args += ids
+    return " AND ".join(parts), args
+
+
 def _rows(
-    ctx: FhirContext, type_: str, patients: Patients | None, since: float | None, at: float
+    ctx: FhirContext,
+    type_: str,
+    patients: Patients | None,
+    since: float | None,
+    at: float,
+    excluded: set[str] | None = None,
 ) -> Iterator[list[int]]:
     """Pages of rids of ``type_`` to consider (current, or changed after ``at``), in rid order."""
     where = ["r.res_type = ?", "r.rid > ?", "(r.deleted = 0 OR r.ts > ?)"]
@@ -502,6 +539,10 @@ def _rows(
         clause = membership_clause(type_, patients)
         where.append(clause.sql)
         fixed += clause.params
+    leave_out = _excluding(type_, excluded or set())
+    if leave_out is not None:
+        where.append(leave_out[0])
+        fixed += leave_out[1]
     sql = f"SELECT r.rid FROM resources r WHERE {' AND '.join(where)} ORDER BY r.rid LIMIT {BATCH}"
     last = 0
     while True:
@@ -544,7 +585,13 @@ def _was_member(ctx: FhirContext, type_: str, id_: str, version: int, members: s
 
 
 def _deleted(
-    ctx: FhirContext, files: _Files, progress: _Progress, req: ExportRequest, types: Sequence[str] | None, at: float
+    ctx: FhirContext,
+    files: _Files,
+    progress: _Progress,
+    req: ExportRequest,
+    types: Sequence[str] | None,
+    at: float,
+    excluded: set[str] | None = None,
 ) -> None:
     assert req.since is not None
     patients = _patients(ctx, req)
@@ -566,6 +613,8 @@ def _deleted(
                 continue
             if patients is not None and not _was_member(ctx, type_, id_, int(version), members):
                 continue
+            if excluded and _was_member(ctx, type_, id_, int(version), excluded):
+                continue  # a research client is not told about the records of a patient who denied research
             bundle = {
                 "resourceType": "Bundle",
                 "type": "transaction",
@@ -586,12 +635,13 @@ def run_export(ctx: FhirContext, job_id: str, req: ExportRequest) -> None:
     progress = _Progress(folder, state)
     try:
         patients = _patients(ctx, req)
+        excluded = excluded_for_purpose(ctx, req.purpose)
         types = _types(ctx, req, at)
         state["progress"]["typesTotal"] = len(types)
         for done, type_ in enumerate(types):
             state["progress"]["type"] = type_
             progress.save(force=True)
-            for rids in _rows(ctx, type_, patients, req.since, at):
+            for rids in _rows(ctx, type_, patients, req.since, at, excluded):
                 for res in ctx.store.read_many(rids):
                     try:
                         version = _as_of(ctx, res, at, req.since)
@@ -605,7 +655,7 @@ def run_export(ctx: FhirContext, job_id: str, req: ExportRequest) -> None:
             state["progress"]["typesDone"] = done + 1
         if req.since is not None:
             state["progress"]["type"] = "deleted"
-            _deleted(ctx, files, progress, req, req.types if req.level == "system" else types, at)
+            _deleted(ctx, files, progress, req, req.types if req.level == "system" else types, at, excluded)
         files.close()
         state.update(
             status="completed",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,12 @@ from server.fhir.context import FhirContext
 from server.fhir.operations.ehr_store import (
     Outcome,
     RecordError,
-    StoreCounts,
     Unit,
     Writer,
     prepare_unit,
     quarantine_row,
 )
+from server.fhir.report import IngestReport
 
 __all__ = ["ALIASES", "CsvReport", "ingest_csv", "kind_of"]
 
@@ -45,33 +45,21 @@ def kind_of(name: str) -> str:
 
 
 @dataclass
-class CsvReport:
-    files: int = 0
+class CsvReport(IngestReport):
     rows: int = 0
-    stored: int = 0
-    warnings: int = 0
-    counts: StoreCounts = field(default_factory=StoreCounts)
-    quarantined: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
 
     def summary(self, max_rows: int = 50) -> str:
-        c = self.counts
         rate = self.rows / self.seconds if self.seconds else 0.0
         lines = [
             f"Ingested {self.rows:,} CSV row(s) from {self.files:,} file(s) in {self.seconds:.1f} s "
             f"({rate:,.0f} rows/s): {self.stored:,} stored, {len(self.quarantined):,} quarantined",
-            f"  resources: {c.created:,} created, {c.updated:,} updated, {c.unchanged:,} unchanged, "
-            f"{c.matched:,} matched by ifNoneExist; {self.warnings:,} warning(s) in stored rows",
+            self.resources_line("rows"),
+            *self.quarantine_lines(
+                "file, line, column",
+                lambda q, where: f"{q['source']}  line {q['record']}  {where}{q['reason']}",
+                max_rows,
+            ),
         ]
-        if self.quarantined:
-            lines.append("Quarantine (file, line, column: reason); kept in GET /fhir/$quarantine")
-            for q in self.quarantined[:max_rows]:
-                where = f"{q['location']}: " if q.get("location") else ""
-                lines.append(f"  {q['source']}  line {q['record']}  {where}{q['reason']}")
-            if len(self.quarantined) > max_rows:
-                lines.append(f"  … and {len(self.quarantined) - max_rows:,} more")
-        else:
-            lines.append("Quarantine: none")
         return "\n".join(lines)
 
 

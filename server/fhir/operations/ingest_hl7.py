@@ -32,7 +32,6 @@ from server.fhir.context import FhirContext
 from server.fhir.operations.ehr_store import (
     Outcome,
     RecordError,
-    StoreCounts,
     Unit,
     Writer,
     logged_digests,
@@ -40,6 +39,7 @@ from server.fhir.operations.ehr_store import (
     prepare_unit,
     quarantine_row,
 )
+from server.fhir.report import IngestReport
 from server.search.registry import Registry, default_registry
 
 __all__ = ["CHUNK", "Hl7Report", "default_workers", "ingest_hl7"]
@@ -53,43 +53,31 @@ _SETTINGS: dict[str, Any] = {}
 
 
 @dataclass
-class Hl7Report:
+class Hl7Report(IngestReport):
     """What an ingestion did; ``acks`` holds one acknowledgment per message when asked for."""
 
-    files: int = 0
     messages: int = 0
-    stored: int = 0
     duplicates: int = 0
-    warnings: int = 0
-    counts: StoreCounts = field(default_factory=StoreCounts)
-    quarantined: list[dict[str, Any]] = field(default_factory=list)
     acks: list[str] = field(default_factory=list)
-    seconds: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.messages / self.seconds if self.seconds else 0.0
 
     def summary(self, max_rows: int = 50) -> str:
-        c = self.counts
         lines = [
             f"Ingested {self.messages:,} HL7 v2 message(s) from {self.files:,} source(s) in {self.seconds:.1f} s "
             f"({self.rate:,.0f} messages/s): {self.stored:,} stored, {self.duplicates:,} duplicate(s) "
             f"(nothing changed), {len(self.quarantined):,} quarantined",
-            f"  resources: {c.created:,} created, {c.updated:,} updated, {c.unchanged:,} unchanged, "
-            f"{c.matched:,} matched by ifNoneExist; {self.warnings:,} warning(s) in stored messages",
+            self.resources_line("messages"),
+            *self.quarantine_lines(
+                "source, message, control id, location",
+                lambda q, where: (
+                    f"{q['source']}  message {q['record']}  {q.get('control_id') or '-'}  {where}{q['reason']}"
+                ),
+                max_rows,
+            ),
         ]
-        if self.quarantined:
-            lines.append("Quarantine (source, message, control id, location: reason); kept in GET /fhir/$quarantine")
-            for q in self.quarantined[:max_rows]:
-                where = f"{q['location']}: " if q.get("location") else ""
-                lines.append(
-                    f"  {q['source']}  message {q['record']}  {q.get('control_id') or '-'}  {where}{q['reason']}"
-                )
-            if len(self.quarantined) > max_rows:
-                lines.append(f"  … and {len(self.quarantined) - max_rows:,} more")
-        else:
-            lines.append("Quarantine: none")
         return "\n".join(lines)
 
 
@@ -258,17 +246,18 @@ def ingest_hl7(
 
     _SETTINGS.update(registry=ctx.registry, default_tz=default_tz, authorities=authorities, validate=validate)
     try:
-        for prepared in _run(chunks(), workers):
-            for seq, result in prepared:
-                report.messages += 1
-                if isinstance(result, Quarantined):
-                    writer.quarantine(quarantine_row("hl7v2", result))
-                    report.quarantined.append(result.report())
-                    finish(seq, result.ack_code, result.problem)
-                else:
-                    seqs[id(result)] = seq
-                    settle(writer.add(result))
-        settle(writer.flush())
+        with ctx.store.bulk_session():  # into an empty store: value indexes built once at the end
+            for prepared in _run(chunks(), workers):
+                for seq, result in prepared:
+                    report.messages += 1
+                    if isinstance(result, Quarantined):
+                        writer.quarantine(quarantine_row("hl7v2", result))
+                        report.quarantined.append(result.report())
+                        finish(seq, result.ack_code, result.problem)
+                    else:
+                        seqs[id(result)] = seq
+                        settle(writer.add(result))
+            settle(writer.flush())
     finally:
         _SETTINGS.clear()
         report.counts.add(writer.counts)

@@ -41,7 +41,8 @@ this module stores the result. It is the bulk path for genomic data:
   Observations derivedFrom the variants just written, replacing the Patient's earlier calls of
   the genes called. Other builds and somatic files are not called (said in the summary).
 - **Background jobs** for large HTTP uploads (:func:`start_job`, :func:`job_status`): a thread of
-  the receiving process, its state in a Task resource that any worker can read.
+  the receiving process (:func:`server.fhir.jobs.run_in_background`), its state in a Task
+  resource that any worker can read.
 """
 
 from __future__ import annotations
@@ -55,9 +56,7 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
-import uuid
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -71,9 +70,11 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from mappers import genomics_codes as gc
 from mappers.vcf import VcfError, VcfMapping, VcfReport, map_vcf
 from server import jsonio
-from server.errors import BadRequest, FhirError, Gone, Issue, NotFound, PayloadTooLarge
+from server.errors import BadRequest, Gone, Issue, NotFound, PayloadTooLarge
 from server.fhir import crud
 from server.fhir.context import FhirContext
+from server.fhir.guard import job_owner, owns_job
+from server.fhir.jobs import run_in_background
 from server.fhir.operations.call_pgx import PgxResult, call_in_ingest
 from server.fhir.operations.variant_ranges import TABLE as RANGE_TABLE
 from server.fhir.operations.variant_ranges import ranges_of
@@ -732,13 +733,18 @@ def start_job(
         "authoredOn": now,
         "executionPeriod": {"start": now},
         "input": inputs,
+        "requester": job_owner(),  # only this client may poll the job (issue 9)
     }
     task_id = crud.create(ctx, "Task", task).resource.id
     _progress[task_id] = (0, None)
 
-    def run() -> None:
-        status = 500
-        outcome: str | None = None
+    def finish() -> None:
+        task["executionPeriod"]["end"] = instant(time.time())
+        task["id"] = task_id
+        task.pop("meta", None)
+        crud.update(ctx, "Task", task_id, task)
+
+    def work() -> None:
         try:
             total = count_records(upload.path)
             _progress[task_id] = (0, total)
@@ -752,36 +758,29 @@ def start_job(
                 name=upload.path.name,
                 progress=lambda n: _progress.__setitem__(task_id, (n, total)),
             )
-            task["status"] = "completed"
-            task["output"] = [
-                {
-                    "type": {"text": "report"},
-                    "valueReference": {"reference": f"DiagnosticReport/{result.diagnostic_report.id}"},
-                },
-                {"type": {"text": "summary"}, "valueString": result.summary()},
-            ]
-        except FhirError as err:
-            status, outcome = err.status, err.message
-        except Exception:  # a background job has no caller to raise to: log it, record the failure
-            reference = uuid.uuid4().hex[:12]
-            log.exception("ingest-vcf job %s failed (reference %s)", task_id, reference)
-            outcome = f"Internal server error (reference {reference}); the details are in the server log"
         finally:
             upload.discard()
             _progress.pop(task_id, None)
-        if task["status"] != "completed":
-            task["status"] = "failed"
-            task["statusReason"] = {"text": outcome}
-            task["output"] = [{"type": {"text": "http-status"}, "valueInteger": status}]
-        task["executionPeriod"]["end"] = instant(time.time())
-        task["id"] = task_id
-        task.pop("meta", None)
+        task["status"] = "completed"
+        task["output"] = [
+            {
+                "type": {"text": "report"},
+                "valueReference": {"reference": f"DiagnosticReport/{result.diagnostic_report.id}"},
+            },
+            {"type": {"text": "summary"}, "valueString": result.summary()},
+        ]
         try:
-            crud.update(ctx, "Task", task_id, task)
-        except Exception:  # nothing to report to: the Task stays in-progress
+            finish()
+        except Exception:  # nothing to report to (the ingestion is stored): the Task stays in-progress
             log.exception("could not record the end of ingest-vcf job %s", task_id)
 
-    threading.Thread(target=run, name=f"ingest-vcf-{task_id}", daemon=True).start()
+    def failed(status: int, message: str) -> None:  # run_in_background logged an unexpected error
+        task["status"] = "failed"
+        task["statusReason"] = {"text": message}
+        task["output"] = [{"type": {"text": "http-status"}, "valueInteger": status}]
+        finish()
+
+    run_in_background(f"ingest-vcf-{task_id}", work, failed)
     return task_id
 
 
@@ -802,6 +801,8 @@ def job_status(ctx: FhirContext, task_id: str) -> JobStatus:
     codings = (doc.get("code") or {}).get("coding") or []
     if not any(c.get("system") == TASK_CODE["system"] and c.get("code") == TASK_CODE["code"] for c in codings):
         raise NotFound(f"Task/{task_id} is not a $ingest-vcf job")
+    if not owns_job(doc):
+        raise NotFound(f"Task/{task_id} is not a $ingest-vcf job of this client")
     outputs = {(o.get("type") or {}).get("text"): o for o in doc.get("output") or []}
     if doc.get("status") == "completed":
         ref = outputs["report"]["valueReference"]["reference"]

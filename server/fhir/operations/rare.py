@@ -10,7 +10,8 @@ answers are ``Parameters`` resources; GET with query parameters or POST a Parame
 * the sex (``Patient.gender``) for X-linked inheritance.
 
 ``$prioritize-variants`` (``count`` default 20, at most 200; ``mother``/``father`` = Patients with
-their own calls, ``Patient/id`` or id; ``report=true``) ranks genes with
+their own calls, ``Patient/id`` or id; ``family=false`` to ignore the parents the record names;
+``report=true``) ranks genes with
 :func:`server.rare.scoring.prioritize` and answers, per gene (``gene`` parameter, best first):
 ``rank``, ``symbol``, ``score``, ``phenotypeScore``, ``variantScore``, ``inheritance``,
 ``explanation`` (one line), one ``variant`` part per call used (Observation reference, label,
@@ -23,11 +24,35 @@ not stored: a person reviews it and POSTs it when accepted).
 ``$similar`` (``count`` default 10, ``minScore`` default 0.2) answers the most similar other
 patients: score = 0.8 x phenotype similarity (symmetric Resnik BMA, :func:`patient_similarity`)
 + 0.2 when both have rare (population AF < 1 % or unknown) damaging (variant score ≥ 0.5) calls
-in a common gene, with the shared terms and genes. Patients who denied research use
-(:func:`server.fhir.consent.research_denied`) are never returned; the patient's own record is
-used for the question only.
+in a common gene, with the shared terms and genes. Patients who denied research use are never
+returned to a research client or the anonymous sandbox
+(:func:`server.fhir.guard.research_excluded_patients`); a treatment client (direct care) sees
+them; the patient's own record is used for the question only.
 
-:func:`top_candidates` is the same ranking for other callers (the CDS genomic-findings service).
+**Parents from the record** (:func:`record_parents`), used for de novo / inheritance unless the
+``mother``/``father`` parameter names that parent, or ``family=false``:
+
+* a **RelatedPerson** of the patient (``RelatedPerson.patient``, ``active`` not false) whose
+  ``relationship`` has a v3-RoleCode ``NMTH``/``MTH`` (mother), ``NFTH``/``FTH`` (father) or
+  ``NPRN``/``PRN`` (parent: mother or father by the parent's ``gender``), and
+* a **FamilyMemberHistory** of the patient (``status`` not entered-in-error) with the same
+  relationship codes (``PRN`` resolved by ``sex`` or the parent's gender),
+
+are the parent whose variant calls are those of a **Patient** (the parent as a patient of this
+server) found by, in this order: ``Patient.link.other`` referring to the RelatedPerson (FHIR's
+way to say a Patient and a RelatedPerson are one person, link type ``seealso``); the
+FamilyMemberHistory's ``familymemberhistory-patient-record`` extension (the standard extension
+naming the relative's own record); an ``identifier`` (system and value) the Patient shares with
+the RelatedPerson / FamilyMemberHistory. A parent found but without such a Patient, or whose
+Patient has no variant calls, is not used (a ``note`` says so, the ranking goes on); two
+different Patients for one role make that role ambiguous (note, not used). Step-, foster- and
+adoptive-parent codes are not biological and are ignored. The parents used are listed in the
+answer (``parent``: role, patient, source).
+
+:func:`top_candidates` is the same ranking for other callers (the CDS genomic-findings service);
+:func:`rare_inputs` says cheaply (index look-ups, no ontology) whether a patient has what it needs.
+:func:`warm_up` loads the ontology in a background thread at app start (``BIGMED_HPO_PRELOAD``:
+``on``; ``auto`` = only when the database holds HPO-coded phenotypes; ``off``).
 
 Variant reading is cached per process and patient, keyed by the Observation write generation
 (:meth:`Store.generations`): any write of an Observation anywhere invalidates it, so a cached
@@ -36,18 +61,20 @@ answer is never stale. The ontology is loaded once per process (:func:`server.ra
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from server import jsonio
 from server.errors import BadRequest, Invalid, NotFound
-from server.fhir.consent import research_denied
+from server.fhir import guard
 from server.fhir.context import FhirContext
 from server.fhir.resource import instant
-from server.rare.hpo import Ontology, data_release, ontology
+from server.rare.hpo import Ontology, data_release, loaded, ontology
 from server.rare.phenotypes import HPO_SYSTEMS, PhenotypeError, Phenotypes, read_phenotypes
 from server.rare.scoring import (
     Family,
@@ -62,13 +89,18 @@ from server.search.query import build_sql, parse_search
 __all__ = [
     "DEFINITION_BASE",
     "OPERATIONS",
+    "Parent",
     "capabilities",
     "hpo_release",
     "prioritize_variants",
+    "rare_inputs",
+    "record_parents",
     "similar",
     "top_candidates",
+    "warm_up",
 ]
 
+log = logging.getLogger(__name__)
 DEFINITION_BASE = "http://bigmed.example/fhir/OperationDefinition/"
 OPERATIONS = ("prioritize-variants", "similar")
 MAX_COUNT = 200
@@ -82,6 +114,17 @@ _LOINC = "http://loinc.org"
 _CACHE_SIZE = 64
 _RARE_AF = 0.01
 _DAMAGING = 0.5
+_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+#: biological parent relationships (v3-RoleCode) -> role; None: a parent, role by sex
+_PARENT_CODES: dict[str, str | None] = {
+    "NMTH": "mother",
+    "MTH": "mother",
+    "NFTH": "father",
+    "FTH": "father",
+    "NPRN": None,
+    "PRN": None,
+}
+_PATIENT_RECORD = "http://hl7.org/fhir/StructureDefinition/familymemberhistory-patient-record"
 
 
 # -- reading the record ----------------------------------------------------------------------
@@ -97,11 +140,17 @@ def _patient(ctx: FhirContext, value: str, what: str = "Patient") -> tuple[str, 
     return id_, jsonio.loads(found.content)
 
 
-def _subject_resources(ctx: FhirContext, type_: str, patient_id: str) -> list[dict[str, Any]]:
-    parsed = parse_search(ctx.registry, type_, [("subject", f"Patient/{patient_id}")], strict=True)
-    sql, params = build_sql(parsed)
+def _search(
+    ctx: FhirContext, type_: str, pairs: list[tuple[str, str]], limit: int | None = None
+) -> list[dict[str, Any]]:
+    parsed = parse_search(ctx.registry, type_, pairs, strict=True)
+    sql, params = build_sql(parsed, limit=limit)
     rids = [int(row[0]) for row in ctx.store.query(sql, params)]
     return [jsonio.loads(r.content) for r in ctx.store.read_many(rids) if r.content is not None]
+
+
+def _subject_resources(ctx: FhirContext, type_: str, patient_id: str) -> list[dict[str, Any]]:
+    return _search(ctx, type_, [("subject", f"Patient/{patient_id}")])
 
 
 class _VariantCache:
@@ -284,23 +333,140 @@ def _report(patient_id: str, onto: Ontology, results: Sequence[GeneResult], coun
     }
 
 
-def _family(ctx: FhirContext, options: Mapping[str, str]) -> Family | None:
-    if not options.get("mother") and not options.get("father"):
-        return None
-    family = Family()
+# -- parents ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A parent of the patient with their own record: role, Patient id, and where it was found."""
+
+    role: str  #: 'mother' | 'father'
+    patient_id: str
+    source: str  #: 'RelatedPerson/x', 'FamilyMemberHistory/y' or 'parameter'
+
+
+def _escape(value: str) -> str:
+    """A token search value with FHIR's search escapes (``\\``, ``,``, ``|``, ``$``)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
+
+
+def _parent_codes(concepts: Any) -> list[str | None]:
+    if isinstance(concepts, Mapping):
+        concepts = [concepts]
+    found: list[str | None] = []
+    for concept in concepts or []:
+        if not isinstance(concept, Mapping):
+            continue
+        for coding in concept.get("coding") or []:
+            if (
+                isinstance(coding, Mapping)
+                and coding.get("system") in (_ROLE_CODE, None)
+                and coding.get("code") in _PARENT_CODES
+            ):
+                found.append(_PARENT_CODES[str(coding["code"])])
+    return found
+
+
+def _by_identifier(ctx: FhirContext, resource: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for ident in resource.get("identifier") or []:
+        if isinstance(ident, Mapping) and ident.get("system") and ident.get("value"):
+            value = f"{_escape(str(ident['system']))}|{_escape(str(ident['value']))}"
+            out += _search(ctx, "Patient", [("identifier", value)], limit=5)
+    return out
+
+
+def record_parents(ctx: FhirContext, patient_id: str) -> tuple[list[Parent], list[str]]:
+    """The patient's parents the record names, with their own Patient (module docstring), and notes."""
+    found: dict[str, dict[str, str]] = {"mother": {}, "father": {}}  # role -> parent Patient id -> source
+    notes: list[str] = []
+    sources: list[tuple[str, dict[str, Any], list[dict[str, Any]], str | None]] = []
+    for related in _search(ctx, "RelatedPerson", [("patient", f"Patient/{patient_id}")]):
+        roles = _parent_codes(related.get("relationship"))
+        if not roles or related.get("active") is False:
+            continue
+        reference = f"RelatedPerson/{related.get('id')}"
+        linked = _search(ctx, "Patient", [("link", reference)], limit=5) + _by_identifier(ctx, related)
+        sources.append((reference, related, linked, roles[0] or related.get("gender")))
+    for history in _search(ctx, "FamilyMemberHistory", [("patient", f"Patient/{patient_id}")]):
+        roles = _parent_codes(history.get("relationship"))
+        if not roles or history.get("status") == "entered-in-error":
+            continue
+        reference = f"FamilyMemberHistory/{history.get('id')}"
+        linked = []
+        for ext in history.get("extension") or []:
+            ref = ((ext or {}).get("valueReference") or {}).get("reference") if isinstance(ext, Mapping) else None
+            if ext.get("url") == _PATIENT_RECORD and isinstance(ref, str) and "Patient/" in ref:
+                record = ctx.store.read("Patient", ref.rpartition("Patient/")[2])
+                if record is not None and not record.deleted and record.content is not None:
+                    linked.append(jsonio.loads(record.content))
+        linked += _by_identifier(ctx, history)
+        sex = next((c for c in _codes_of(history.get("sex")) if c in ("male", "female")), None)
+        sources.append((reference, history, linked, roles[0] or sex))
+    for reference, _resource, linked, hint in sources:
+        patients = {str(p.get("id")): p for p in linked if p.get("id") and str(p.get("id")) != patient_id}
+        if not patients:
+            notes.append(f"{reference} names a parent without a Patient record here: not used")
+            continue
+        for parent_id, parent in patients.items():
+            role = hint if hint in ("mother", "father") else None
+            if role is None:
+                role = {"female": "mother", "male": "father"}.get(str(parent.get("gender") or hint or ""))
+            if role is None:
+                notes.append(f"{reference}: parent Patient/{parent_id} of unknown sex: not used")
+                continue
+            found[role].setdefault(parent_id, reference)
+    out: list[Parent] = []
+    for role, named in found.items():
+        if len(named) > 1:
+            listed = ", ".join(f"Patient/{p} ({src})" for p, src in sorted(named.items()))
+            notes.append(f"the record names more than one {role}: {listed}; none used")
+        elif named:
+            ((only, source),) = named.items()
+            out.append(Parent(role, only, source))
+    return out, notes
+
+
+def _codes_of(concept: Any) -> list[str]:
+    if not isinstance(concept, Mapping):
+        return []
+    return [str(c.get("code")) for c in concept.get("coding") or [] if isinstance(c, Mapping) and c.get("code")]
+
+
+def _family(
+    ctx: FhirContext, patient_id: str, options: Mapping[str, str], from_record: bool
+) -> tuple[Family | None, list[Parent], list[str]]:
+    """The parents' calls: ``mother``/``father`` parameters first, then the record's parents."""
+    parents: dict[str, Parent] = {}
+    notes: list[str] = []
     for role in ("mother", "father"):
         value = options.get(role)
-        if not value:
-            continue
-        parent_id, _ = _patient(ctx, value, role)
-        calls, _ = _CACHE.get(ctx, parent_id)
+        if value:
+            parent_id, _ = _patient(ctx, value, role)
+            parents[role] = Parent(role, parent_id, "parameter")
+    if from_record and len(parents) < 2:
+        found, notes = record_parents(ctx, patient_id)
+        for parent in found:
+            parents.setdefault(parent.role, parent)
+    if not parents:
+        return None, [], notes
+    family = Family()
+    used: list[Parent] = []
+    for role, parent in parents.items():
+        calls, _ = _CACHE.get(ctx, parent.patient_id)
         if not calls.calls:
-            raise BadRequest(f"$prioritize-variants: {role} Patient/{parent_id} has no variant calls to compare with")
+            if parent.source == "parameter":
+                raise BadRequest(
+                    f"$prioritize-variants: {role} Patient/{parent.patient_id} has no variant calls to compare with"
+                )
+            notes.append(f"{role} Patient/{parent.patient_id} ({parent.source}) has no variant calls: not used")
+            continue
         setattr(family, role, calls.keys)
-    return family
+        used.append(parent)
+    return (family if used else None), used, notes
 
 
-def _rank(ctx: FhirContext, patient_id: str, count: int, family: Family | None = None) -> dict[str, Any]:
+def _rank(ctx: FhirContext, patient_id: str, count: int, family: Family | None) -> dict[str, Any]:
     onto = ontology()
     _, patient = _patient(ctx, patient_id)
     variants, phenotypes = _record(ctx, onto, patient_id)
@@ -311,11 +477,12 @@ def _rank(ctx: FhirContext, patient_id: str, count: int, family: Family | None =
 
 def prioritize_variants(ctx: FhirContext, patient_id: str, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """``Patient/{id}/$prioritize-variants``: a Parameters resource with the ranked genes."""
-    options = _options("prioritize-variants", pairs, ("count", "mother", "father", "report"))
+    options = _options("prioritize-variants", pairs, ("count", "mother", "father", "family", "report"))
     count = _int("prioritize-variants", options, "count", 20)
     want_report = _flag("prioritize-variants", options, "report")
+    from_record = _flag("prioritize-variants", {"family": options.get("family") or "true"}, "family")
     _patient(ctx, patient_id)
-    family = _family(ctx, options)
+    family, parents, family_notes = _family(ctx, patient_id, options, from_record)
     ranked = _rank(ctx, patient_id, count, family)
     onto: Ontology = ranked["onto"]
     phenotypes: Phenotypes = ranked["phenotypes"]
@@ -339,7 +506,23 @@ def prioritize_variants(ctx: FhirContext, patient_id: str, pairs: Sequence[tuple
                 ],
             }
         )
-    notes = []
+    for parent in parents:
+        source = (
+            {"valueString": "parameter"}
+            if parent.source == "parameter"
+            else {"valueReference": {"reference": parent.source}}
+        )
+        out.append(
+            {
+                "name": "parent",
+                "part": [
+                    {"name": "role", "valueCode": parent.role},
+                    {"name": "patient", "valueReference": {"reference": f"Patient/{parent.patient_id}"}},
+                    {"name": "source", **source},
+                ],
+            }
+        )
+    notes = list(family_notes)
     if not phenotypes.present:
         notes.append("The patient has no HPO phenotype: genes are ranked by variant evidence only.")
     if not variants.calls:
@@ -351,13 +534,15 @@ def prioritize_variants(ctx: FhirContext, patient_id: str, pairs: Sequence[tuple
     return {"resourceType": "Parameters", "parameter": out}
 
 
-def top_candidates(ctx: FhirContext, patient_id: str, n: int = 5) -> list[dict[str, Any]]:
+def top_candidates(ctx: FhirContext, patient_id: str, n: int = 5, *, family: bool = True) -> list[dict[str, Any]]:
     """The ``n`` best candidate genes of a patient as plain dicts (for the CDS genomic-findings service).
 
-    Empty when the patient has no HPO phenotype or no variant call. Raises the operation's typed
-    errors (NotFound for an unknown patient, Invalid for an HPO code the ontology rejects).
+    Empty when the patient has no HPO phenotype or no variant call. ``family``: use the parents
+    the record names (:func:`record_parents`). Raises the operation's typed errors (NotFound for
+    an unknown patient, Invalid for an HPO code the ontology rejects).
     """
-    ranked = _rank(ctx, patient_id, n)
+    known, _, _ = _family(ctx, patient_id, {}, family) if family else (None, [], [])
+    ranked = _rank(ctx, patient_id, n, known)
     if not ranked["phenotypes"].present or not ranked["variants"].calls:
         return []
     return [
@@ -375,6 +560,52 @@ def top_candidates(ctx: FhirContext, patient_id: str, n: int = 5) -> list[dict[s
         for r in ranked["results"]
         if r.score > 0
     ]
+
+
+def _hpo_pairs(name: str, patient_id: str | None) -> list[tuple[str, str]]:
+    pairs = [(name, ",".join(f"{system}|" for system in HPO_SYSTEMS))]
+    return pairs + ([("subject", f"Patient/{patient_id}")] if patient_id else [])
+
+
+def _exists(ctx: FhirContext, type_: str, pairs: list[tuple[str, str]]) -> bool:
+    parsed = parse_search(ctx.registry, type_, pairs, strict=True)
+    sql, params = build_sql(parsed, limit=1)
+    return bool(list(ctx.store.query(sql, params)))
+
+
+def _has_phenotypes(ctx: FhirContext, patient_id: str | None = None) -> bool:
+    return (
+        _exists(ctx, "Observation", _hpo_pairs("code", patient_id))
+        or _exists(ctx, "Condition", _hpo_pairs("code", patient_id))
+        or _exists(ctx, "Observation", _hpo_pairs("value-concept", patient_id))
+    )
+
+
+def rare_inputs(ctx: FhirContext, patient_id: str) -> tuple[bool, bool]:
+    """(has HPO-coded phenotype records, has variant Observations): a few indexed look-ups."""
+    variants = _exists(ctx, "Observation", [("subject", f"Patient/{patient_id}"), ("code", f"{_LOINC}|69548-6")])
+    return _has_phenotypes(ctx, patient_id), variants
+
+
+def warm_up(ctx: FhirContext) -> threading.Thread | None:
+    """Load the ontology in a background thread as ``BIGMED_HPO_PRELOAD`` says (never fails the caller)."""
+    mode = ctx.config.hpo_preload
+    if mode == "off" or loaded():
+        return None
+
+    def run() -> None:
+        try:
+            if mode == "auto" and not _has_phenotypes(ctx):
+                return
+            started = time.monotonic()
+            onto = ontology()
+            log.info("HPO %s loaded in %.1f s (BIGMED_HPO_PRELOAD=%s)", onto.release, time.monotonic() - started, mode)
+        except Exception as exc:  # noqa: BLE001  # a warm-up must never take the app down: the first request loads it
+            log.warning("HPO preload skipped: %s", exc)
+
+    thread = threading.Thread(target=run, name="hpo-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 # -- similar patients ------------------------------------------------------------------------
@@ -419,7 +650,7 @@ def similar(ctx: FhirContext, patient_id: str, pairs: Sequence[tuple[str, str]])
     own_genes = _rare_damaging_genes(variants)
     candidates = _phenotype_subjects(ctx)
     candidates.pop(patient_id, None)
-    denied = research_denied(ctx, candidates)
+    denied = guard.research_excluded_patients(ctx, candidates)  # the client's purpose (issue 9)
     scored: list[tuple[float, float, str, list[int], list[str]]] = []
     for other, resources in candidates.items():
         if other in denied:

@@ -38,6 +38,7 @@ def test_registry_contract(database_url: str) -> None:
             {"scopes": "nonsense", "jwks": rsa_key().jwks},
             {"scopes": "system/*.rs", "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}},
             {"scopes": "system/*.rs", "jwks": rsa_key().jwks, "purpose": "marketing"},
+            {"scopes": "system/Observation.rs?category=laboratory", "jwks": rsa_key().jwks},  # v2 query: refused
         ]
         for kwargs in bad:
             with pytest.raises(ClientError):

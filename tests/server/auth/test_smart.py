@@ -147,6 +147,16 @@ def test_token_grants_requested_and_registered_scopes(app: Any) -> None:
     assert _token(c, "obs", "not-a-scope").get_json()["error"] == "invalid_scope"
 
 
+def test_v2_scopes_with_a_query_are_refused_clearly_not_granted_empty(app: Any) -> None:
+    c = app.test_client()
+    resp = _token(c, "obs", "system/Observation.rs?category=laboratory system/Observation.c")
+    body = resp.get_json()
+    assert resp.status_code == 400 and body["error"] == "invalid_scope"
+    assert "system/Observation.rs?category=laboratory" in body["error_description"]
+    assert "not supported" in body["error_description"] and "system/Observation.rs without" in body["error_description"]
+    assert "access_token" not in body
+
+
 @pytest.mark.parametrize(
     "case",
     ["expired", "wrong_aud", "too_long", "unregistered_key", "unknown_client", "iss_sub_differ", "jku_not_allowed"],

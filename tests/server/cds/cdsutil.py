@@ -1,20 +1,35 @@
-"""Helpers of the CDS Hooks tests: sandbox-signed JWTs, PGx / variant Observations, hook requests."""
+"""Helpers of the CDS Hooks tests: sandbox-signed JWTs, PGx / variant Observations, hook requests.
+
+The JWT, hook request and TherapeuticImplication come from :mod:`server.cds.samples` (shared with
+bench/cds.py); here they get the test defaults (the shared sandbox key, Patient/p1, HGNC ids).
+"""
 
 from __future__ import annotations
 
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.auth.jose import sign_jwt
+from server.cds import samples
+from server.cds.samples import SANDBOX_ISSUER, SANDBOX_KID, TBD, hook_request
 from tests.conftest import SHARED
 
-TBD = "http://hl7.org/fhir/uv/genomics-reporting/CodeSystem/tbd-codes-cs"
+__all__ = [
+    "TBD",
+    "auth",
+    "bundle",
+    "dx_implication",
+    "gene_component",
+    "hook_request",
+    "implication",
+    "med_order",
+    "sandbox_key",
+    "token",
+    "variant",
+]
+
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
 HGNC = {
     "CYP2C19": "HGNC:2621",
     "DPYD": "HGNC:3012",
@@ -34,15 +49,13 @@ def sandbox_key() -> bytes:
 def token(
     aud: str | list[str],
     *,
-    iss: str = "https://sandbox.cds-hooks.org",
+    iss: str = SANDBOX_ISSUER,
     key: Any = None,
     kid: str = SANDBOX_KID,
     headers: dict[str, Any] | None = None,
     **claims: Any,
 ) -> str:
-    now = int(time.time())
-    body = {"iss": iss, "aud": aud, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4()), **claims}
-    return sign_jwt(body, key or sandbox_key(), alg="ES384", kid=kid, **(headers or {}))
+    return samples.client_jwt(aud, key or sandbox_key(), iss=iss, kid=kid, headers=headers, **claims)
 
 
 def auth(path: str, **kwargs: Any) -> dict[str, str]:
@@ -50,43 +63,18 @@ def auth(path: str, **kwargs: Any) -> dict[str, str]:
 
 
 def gene_component(gene: str) -> dict[str, Any]:
-    return {
-        "code": {"coding": [{"system": "http://loinc.org", "code": "48018-6"}]},
-        "valueCodeableConcept": {
-            "coding": [{"system": "http://www.genenames.org/geneId", "code": HGNC.get(gene, gene), "display": gene}]
-        },
-    }
+    return samples.gene_component(gene, HGNC.get(gene))
 
 
 def implication(
     gene: str, phenotype: str, score: float | None = None, *, status: str = "final", patient: str = "p1"
 ) -> dict[str, Any]:
-    components: list[dict[str, Any]] = [
-        {
-            "code": {"coding": [{"system": TBD, "code": "therapeutic-implication"}]},
-            "valueCodeableConcept": {"text": phenotype},
-        }
-    ]
-    if score is not None:
-        components.append(
-            {
-                "code": {"coding": [{"system": "http://bigmed.example/fhir/CodeSystem/pgx", "code": "activity-score"}]},
-                "valueQuantity": {"value": score},
-            }
-        )
-    components.append(gene_component(gene))
-    return {
-        "resourceType": "Observation",
-        "id": f"ti-{gene.lower()}",
-        "status": status,
-        "code": {"coding": [{"system": TBD, "code": "therapeutic-implication"}]},
-        "subject": {"reference": f"Patient/{patient}"},
-        "component": components,
-    }
+    return samples.therapeutic_implication(
+        gene, phenotype, score, gene_code=HGNC.get(gene), status=status, patient=patient
+    )
 
 
-def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+bundle = samples.searchset
 
 
 def med_order(
@@ -114,25 +102,6 @@ def med_order(
     if dose is not None:
         order["dosageInstruction"] = [{"doseAndRate": [{"doseQuantity": {"value": dose, "unit": "mg"}}]}]
     return order
-
-
-def hook_request(
-    hook: str, orders: list[dict[str, Any]] | None = None, prefetch: dict[str, Any] | None = None, **extra: Any
-) -> dict[str, Any]:
-    context: dict[str, Any] = {"userId": "Practitioner/example", "patientId": "p1"}
-    if orders is not None:
-        context["draftOrders"] = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": o} for o in orders],
-        }
-        if hook == "order-select":
-            context["selections"] = [f"MedicationRequest/{orders[0]['id']}"]
-    body: dict[str, Any] = {"hookInstance": str(uuid.uuid4()), "hook": hook, "context": context}
-    if prefetch is not None:
-        body["prefetch"] = prefetch
-    body.update(extra)
-    return body
 
 
 def variant(id_: str, gene: str, *, somatic: bool = False, protein: str | None = None) -> dict[str, Any]:

@@ -93,9 +93,10 @@ def test_vendored_table_matches_the_official_bundle(registry: Registry) -> None:
         assert {c for c in registry.params_for(rt) if not c.startswith("_")} == specific
 
 
-def test_vendored_table_is_what_the_generator_writes() -> None:
+def test_vendored_table_is_what_the_generator_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     if not (R4_DATA / "search-parameters.json.gz").exists():
         pytest.skip(f"official R4 definitions not found at {R4_DATA} (../shared missing)")
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # as when run as a script: its helpers sit beside it
     script = REPO / "scripts" / "gen_search_params.py"
     spec = importlib.util.spec_from_file_location("gen_search_params", script)
     assert spec is not None and spec.loader is not None
