@@ -10,7 +10,8 @@ message's resources are stored atomically; the answer (``200``, ``x-application/
 one original-mode ACK per message, in order (chapter 2.9): ``MSA|AA`` stored (or a duplicate of a
 stored message), ``MSA|AE``/``MSA|AR`` with an ERR segment saying what and where. A malformed message
 never stops the others. An MLLP-framed request gets MLLP-framed ACKs. The request's AuditEvent
-(:mod:`server.api.audit`) lists the control id of every stored message. A body that holds no
+(:mod:`server.api.audit`) lists the control id of every stored message and the Patients they were
+about (one event per patient, so ``AuditEvent?patient=`` finds each). A body that holds no
 message at all, or the wrong media type, gets a 400/415 OperationOutcome like every error.
 """
 
@@ -79,7 +80,10 @@ def receive() -> Response:
     report = ingest_hl7(ctx(), [(source, body)], acks=True)
     if not report.acks:
         raise BadRequest("The request body holds no HL7 v2 message")
-    audit_api.note(identifiers=[(HL7_MESSAGE, ctrl) for ctrl in _stored_control_ids(report.acks)])
+    audit_api.note(
+        patients=sorted(report.patients),
+        identifiers=[(HL7_MESSAGE, ctrl) for ctrl in _stored_control_ids(report.acks)],
+    )
     framed = data.lstrip(b" \t\r\n")[:1] == b"\x0b"
     text = "".join(f"{_MLLP_START}{a}{_MLLP_END}" if framed else a for a in report.acks)
     return Response(text.encode("utf-8"), 200, content_type=f"{ER7}; charset=utf-8")

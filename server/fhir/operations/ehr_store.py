@@ -170,6 +170,7 @@ class Outcome:
     status: str
     counts: WriteCounts = field(default_factory=WriteCounts)
     problem: Problem | None = None
+    patients: list[str] = field(default_factory=list)  # ids of the Patients the record is about (audit)
 
 
 # -- preparing (pure but for the registry; runs in worker processes) -----------------------
@@ -552,7 +553,10 @@ class Writer:
                 writes.append((item, real, _swap_content(item.content, swaps), _swap_rows(item.index, swaps)))
             else:
                 writes.append((item, real, item.content, item.index))
-        return _Planned(unit, writes, created, Outcome("stored", WriteCounts(matched=len(matched))))
+        patients = {swaps.get(i.id_, i.id_) for i in unit.items if i.type_ == "Patient"}
+        patients.update(swaps.get(g, g) for g, (type_, _) in unit.guesses.items() if type_ == "Patient")
+        outcome = Outcome("stored", WriteCounts(matched=len(matched)), patients=sorted(patients))
+        return _Planned(unit, writes, created, outcome)
 
 
 def quarantine_row_for(unit: Unit, problem: Problem) -> QuarantineRow:

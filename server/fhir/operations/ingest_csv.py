@@ -97,28 +97,29 @@ def ingest_csv(
                 progress(1)
 
     try:
-        for path in paths:
-            report.files += 1
-            for result in map_csv(path, kind, config):
-                report.rows += 1
-                if isinstance(result, Quarantined):
-                    writer.quarantine(quarantine_row("csv", result))
-                    report.quarantined.append(result.report())
-                    if progress is not None:
-                        progress(1)
-                    continue
-                assert isinstance(result, Mapped)
-                ts = time.time()
-                try:
-                    items, guesses = prepare_unit(result.entries, ctx.registry, ts, validate=validate)
-                except RecordError as exc:
-                    q = Quarantined(result.source, result.line, exc.problem, "")
-                    writer.quarantine(quarantine_row("csv", q))
-                    report.quarantined.append(q.report())
-                    continue
-                unit = Unit("csv", result.source, result.line, items, guesses, ts, warnings=result.warnings)
-                settle(writer.add(unit))
-        settle(writer.flush())
+        with ctx.store.bulk_session():  # into an empty store: value indexes built once at the end
+            for path in paths:
+                report.files += 1
+                for result in map_csv(path, kind, config):
+                    report.rows += 1
+                    if isinstance(result, Quarantined):
+                        writer.quarantine(quarantine_row("csv", result))
+                        report.quarantined.append(result.report())
+                        if progress is not None:
+                            progress(1)
+                        continue
+                    assert isinstance(result, Mapped)
+                    ts = time.time()
+                    try:
+                        items, guesses = prepare_unit(result.entries, ctx.registry, ts, validate=validate)
+                    except RecordError as exc:
+                        q = Quarantined(result.source, result.line, exc.problem, "")
+                        writer.quarantine(quarantine_row("csv", q))
+                        report.quarantined.append(q.report())
+                        continue
+                    unit = Unit("csv", result.source, result.line, items, guesses, ts, warnings=result.warnings)
+                    settle(writer.add(unit))
+            settle(writer.flush())
     finally:
         report.counts.add(writer.counts)
         report.seconds = time.perf_counter() - started

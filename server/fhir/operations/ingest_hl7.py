@@ -59,6 +59,7 @@ class Hl7Report(IngestReport):
     messages: int = 0
     duplicates: int = 0
     acks: list[str] = field(default_factory=list)
+    patients: set[str] = field(default_factory=set)  # Patient ids of the stored messages (the audit's entities)
 
     @property
     def rate(self) -> float:
@@ -195,6 +196,7 @@ def ingest_hl7(
             if outcome.status == "stored":
                 report.stored += 1
                 report.warnings += len(unit.warnings)
+                report.patients.update(outcome.patients)
                 finish(seq, "AA", None)
             elif outcome.status == "duplicate":
                 report.duplicates += 1

@@ -106,11 +106,18 @@ def test_an_hl7_request_lists_the_stored_messages(app: Any) -> None:
     c = app.test_client()
     h1 = _bearer(c, "lab1")
     body = (Path(__file__).resolve().parents[2] / "data" / "hl7v2" / "epic_oru_mllp.hl7").read_bytes()
+    patients_sql = "SELECT res_id FROM resources WHERE res_type = 'Patient'"
+    before = set(app.extensions["bigmed"].store.query(patients_sql))
     assert c.post("/hl7v2", data=body, content_type="application/hl7-v2", headers=h1).status_code == 200
-    (event,) = [
+    events = [
         e
         for e in _events(c, h1, agent="lab1")
         if any(x.get("what", {}).get("identifier", {}).get("system") == HL7_MESSAGE for x in e.get("entity", []))
     ]
-    ids = [x["what"]["identifier"]["value"] for x in event["entity"] if "identifier" in x.get("what", {})]
-    assert ids == ["EPIC-ORU-0001", "EPIC-ORU-0002"] and event["outcome"] == "0"
+    assert events  # one AuditEvent per patient the request touched (so ?patient= finds each), all alike
+    for event in events:
+        ids = [x["what"]["identifier"]["value"] for x in event["entity"] if "identifier" in x.get("what", {})]
+        assert ids == ["EPIC-ORU-0001", "EPIC-ORU-0002"] and event["outcome"] == "0"
+    stored = set(app.extensions["bigmed"].store.query(patients_sql)) - before
+    named = set().union(*(_whats(e) for e in events))
+    assert stored and {f"Patient/{pid}" for (pid,) in stored} <= named  # whom the messages were about
