@@ -80,6 +80,7 @@ from server.fhir.validation import resource_types, validate_resource
 from server.search.extract import extract
 from server.search.registry import Registry, default_registry
 from server.store.base import INDEX_TABLES, StoredResource, WriteTx
+from server.workers import orphan_guard
 
 __all__ = ["Failure", "LoadReport", "default_workers", "discover", "load"]
 
@@ -506,7 +507,9 @@ def _run(tasks: Iterator[_Task], workers: int) -> Iterator[tuple[_Task, _Prepare
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=orphan_guard, initargs=(os.getpid(),)
+    )
     pending: deque[tuple[_Task, Future[_Prepared]]] = deque()
     try:
         for task in tasks:

@@ -17,6 +17,7 @@ while this process reads and writes; at most two batches per worker are in fligh
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.pool import AsyncResult
@@ -26,6 +27,7 @@ from server import jsonio
 from server.search.extract import extract
 from server.search.registry import Registry, default_registry
 from server.store.base import Store, StoredResource
+from server.workers import orphan_guard
 
 __all__ = ["count_current", "reindex"]
 
@@ -95,7 +97,7 @@ def reindex(
             progress(len(entries))
 
     if workers > 1 and registry is default_registry():
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers, orphan_guard, (os.getpid(),)) as pool:
             pending: deque[AsyncResult[list[Entry]]] = deque()
             for chunk in _batches(store, type_, batch):
                 items = [(r.rid, r.version, r.type, r.content) for r in chunk if r.content is not None]

@@ -107,6 +107,15 @@ class WriteTx(Protocol):
         replaced.
         """
 
+    def refresh_statistics(self) -> None:
+        """Let the planner see what this transaction wrote before it queries again (big writes).
+
+        PostgreSQL plans from table statistics that only ANALYZE (or autovacuum, after commit)
+        refreshes; a transaction that has just written a genome's worth of rows and then searches
+        them (VCF ingest calling PGx) would otherwise be planned as if the tables were empty.
+        ANALYZE inside the transaction counts its own rows. SQLite: nothing to do.
+        """
+
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one write statement (``?`` placeholders) once per row, inside this transaction.
 

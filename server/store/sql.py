@@ -545,6 +545,11 @@ class SqlWriteTx:
                 self._insert_rows(d.table, ("rid", *d.columns), derived)
         return out
 
+    def refresh_statistics(self) -> None:
+        if self.store.dialect == "postgresql":
+            tables = ["resources", *(f"idx_{t}" for t in INDEX_TABLES), *(d.table for d in self.store.derived)]
+            self.cur.execute(f"ANALYZE {', '.join(tables)}")
+
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """One write statement per row (feature tables beside the resources, see ``WriteTx``)."""
         if rows:

@@ -41,6 +41,7 @@ from server.fhir.operations.ehr_store import (
 )
 from server.fhir.report import IngestReport
 from server.search.registry import Registry, default_registry
+from server.workers import orphan_guard
 
 __all__ = ["CHUNK", "Hl7Report", "default_workers", "ingest_hl7"]
 
@@ -145,7 +146,9 @@ def _run(
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=orphan_guard, initargs=(os.getpid(),)
+    )
     pending: deque[Future[list[tuple[int, Unit | Quarantined]]]] = deque()
     try:
         for chunk in chunks:

@@ -568,6 +568,10 @@ def ingest_vcf(
     return result
 
 
+#: resources written by one ingestion past which the PGx search after them needs fresh statistics
+_FRESH_STATS_AFTER = 5000
+
+
 def _store(
     ctx: FhirContext,
     mapping: VcfMapping,
@@ -599,6 +603,8 @@ def _store(
         assert report_id is not None  # the mapper always ends with the report
         pgx_result = None
         if path is not None:  # PGx calls from the same file, in the same transaction (issue 7)
+            if counts.created + counts.updated > _FRESH_STATS_AFTER:
+                tx.refresh_statistics()  # its searches must not be planned as if the tables were empty
             r = mapping.report
             pgx_result = call_in_ingest(
                 ctx, tx, path, patient_id, sample=r.sample, build=r.build, source_class=source_class

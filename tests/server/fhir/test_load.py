@@ -326,6 +326,21 @@ def test_shared_synthea_sample(app: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def _processes_with(marker: bytes) -> list[int]:
+    """Live processes whose command line contains ``marker`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().split(") ", 1)[1][0]
+            except OSError:
+                continue
+            if marker in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 def test_a_killed_load_process_is_rerun_to_completion(tmp_path: Path) -> None:
     """SIGKILL ``python -m server load`` in the middle of the sample, then run it again: no duplicates."""
     if not SAMPLE.exists():
@@ -354,6 +369,11 @@ def test_a_killed_load_process_is_rerun_to_completion(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         killed_at = conn.execute("SELECT COUNT(*) FROM resources").fetchone()[0]
     assert 1000 <= killed_at < 11521
+    marker = str(tmp_path / "data").encode()
+    deadline = time.monotonic() + 10  # the loader's worker processes must not outlive it
+    while (orphans := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert orphans == [], f"worker processes of the killed load are still running: {orphans}"
     from server import create_app
     from server.config import Config
 

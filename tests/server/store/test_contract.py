@@ -224,3 +224,16 @@ def test_generations_move_with_every_commit_that_writes_the_type(store: Store) -
     store.reset()
     assert store.generations(["Patient"]) == {"Patient": after["Patient"]}  # never reset: cache keys stay unique
     assert store.generations([]) == {}
+
+
+def test_refresh_statistics_counts_the_transactions_own_rows(store: Store) -> None:
+    """After a big write, searches later in the same transaction are planned on what it wrote."""
+    with store.transaction() as tx:
+        tx.put_many(
+            [(_res(f"s{i}", 1, 1.0), "PUT", _index(token=[("gender", None, "female", None)])) for i in range(300)]
+        )
+        tx.refresh_statistics()
+        if store.dialect == "postgresql":  # ANALYZE inside the transaction sees its uncommitted rows
+            (estimate,) = tx.query("SELECT reltuples FROM pg_class WHERE oid = 'idx_token'::regclass")[0]
+            assert estimate >= 300
+        assert tx.query("SELECT COUNT(*) FROM idx_token WHERE code = ?", ("female",)) == [(300,)]
