@@ -418,14 +418,7 @@ class Measurement:
             self.deltas[t.condition] += deltas[t.condition]
             srv = f"srv mean {res.server.mean_ms:6.2f} ms" if res.server else "srv -"
             hit = f"hit {100 * res.hit_ratio:5.1f}%" if res.hit_ratio is not None else "hit -"
-            print(
-                f"  {kind:<10} {t.condition:<10} {row.rps:8.1f} req/s  p50 {row.p50_ms:6.2f} ms  "
-                f"p99 {row.p99_ms:7.2f} ms  {srv}  {hit}  errors {row.errors}"
-                + ("  (time cap hit)" if row.capped else ""),
-                flush=True,
-            )
-            for sample in row.samples:
-                print(f"    e.g. {sample}")
+            row.report(f"{kind:<10} {t.condition:<10}", f"{srv}  {hit}  ")
         return out
 
     def overall(self) -> list[Result]:

@@ -552,6 +552,16 @@ class Row:
     samples: list[str]
     statuses: dict[str, int]
 
+    def report(self, label: str, extra: str) -> None:
+        """Print the progress line of this row (``label`` first, ``extra`` figures before the errors)."""
+        print(
+            f"  {label} {self.rps:8.1f} req/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:7.2f} ms  {extra}"
+            f"errors {self.errors}" + ("  (time cap hit)" if self.capped else ""),
+            flush=True,
+        )
+        for sample in self.samples:
+            print(f"    e.g. {sample}")
+
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     if not sorted_values:
@@ -701,14 +711,7 @@ class Bench:
             for target in targets:
                 row = make_row(target.name, name, phases[target.name], background)
                 rows.append(row)
-                print(
-                    f"  {target.name:<17} {name:<7} {row.rps:8.1f} req/s  p50 {row.p50_ms:6.2f} ms  "
-                    f"p99 {row.p99_ms:7.2f} ms  errors {row.errors}  client {row.client_cores:.2f} cores"
-                    + ("  (time cap hit)" if row.capped else ""),
-                    flush=True,
-                )
-                for sample in row.samples:
-                    print(f"    e.g. {sample}")
+                row.report(f"{target.name:<17} {name:<7}", f"client {row.client_cores:.2f} cores  ")
         return rows
 
     def seed(self, server: Server) -> tuple[list[str], bytes | None]:

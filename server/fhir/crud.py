@@ -89,14 +89,20 @@ def retrying(ctx: FhirContext, work: Callable[[WriteTx], T]) -> T:
 # -- reads ---------------------------------------------------------------------------------
 
 
-def read(ctx: FhirContext, type_: str, id_: str) -> StoredResource:
-    check_type(type_)
+def existing(ctx: FhirContext, type_: str, id_: str, hint: str = "") -> StoredResource:
+    """The current version of ``type_/id_``: NotFound when unknown (``hint`` says what to do), Gone
+    when deleted. No access check: :func:`read` adds it; operations check access their own way."""
     res = ctx.store.read(type_, id_)
     if res is None:
-        raise NotFound(f"{type_}/{id_} is not known")
+        raise NotFound(f"{type_}/{id_} is not known{hint}")
     if res.deleted:
         raise Gone(f"{type_}/{id_} was deleted (version {res.version})")
-    return guard.readable(res)
+    return res
+
+
+def read(ctx: FhirContext, type_: str, id_: str) -> StoredResource:
+    check_type(type_)
+    return guard.readable(existing(ctx, type_, id_))
 
 
 def vread(ctx: FhirContext, type_: str, id_: str, version: str) -> StoredResource:

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.auth.access import current_access
-from server.errors import BadRequest, Forbidden, Gone, NotFound
+from server.errors import BadRequest, Forbidden, NotFound
+from server.fhir import crud
 from server.fhir.context import FhirContext
 from server.fhir.resource import check_id
 from server.fhir.search import run_parsed
@@ -191,11 +192,7 @@ def everything(
         patient_id = access.patient
     if patient_id is not None:
         check_id(patient_id)
-        patient = ctx.store.read("Patient", patient_id)
-        if patient is None:
-            raise NotFound(f"Patient/{patient_id} is not known")
-        if patient.deleted:
-            raise Gone(f"Patient/{patient_id} was deleted")
+        crud.existing(ctx, "Patient", patient_id)
     wanted = [t.strip() for raw in values.get("_type", []) for t in raw.split(",") if t.strip()] or None
     types = access.allowed_types("rs", member_types(ctx, wanted))
     if not types:

@@ -67,13 +67,13 @@ from server.auth.access import Access, require
 from server.errors import (
     BadRequest,
     Forbidden,
-    Gone,
     Issue,
     NotFound,
     TooManyRequests,
     error_for_status,
     operation_outcome,
 )
+from server.fhir import crud
 from server.fhir.context import FhirContext
 from server.fhir.guard import excluded_for_purpose
 from server.fhir.jobs import new_job_id, read_json, run_in_background, write_json_atomically
@@ -169,11 +169,7 @@ def parse_request(
     if level == "group":
         assert group_id is not None
         check_id(group_id)
-        group = ctx.store.read("Group", group_id)
-        if group is None:
-            raise NotFound(f"Group/{group_id} is not known")
-        if group.deleted:
-            raise Gone(f"Group/{group_id} was deleted")
+        crud.existing(ctx, "Group", group_id)
     return ExportRequest(level, request_url, types, since, group_id, fmt)
 
 

@@ -70,7 +70,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from mappers import genomics_codes as gc
 from mappers.vcf import VcfError, VcfMapping, VcfReport, map_vcf
 from server import jsonio
-from server.errors import BadRequest, Gone, Issue, NotFound, PayloadTooLarge
+from server.errors import BadRequest, Issue, NotFound, PayloadTooLarge
 from server.fhir import crud
 from server.fhir.context import FhirContext
 from server.fhir.guard import job_owner, owns_job
@@ -706,11 +706,7 @@ def receive(stream: IO[bytes], limit: int, filename: str | None = None) -> Uploa
 def check_patient(ctx: FhirContext, patient_id: str) -> None:
     """NotFound/Gone unless ``Patient/patient_id`` exists (before an upload is read)."""
     check_id(patient_id)
-    patient = ctx.store.read("Patient", patient_id)
-    if patient is None:
-        raise NotFound(f"Patient/{patient_id} is not known: create the Patient before ingesting its VCF")
-    if patient.deleted:
-        raise Gone(f"Patient/{patient_id} was deleted")
+    crud.existing(ctx, "Patient", patient_id, ": create the Patient before ingesting its VCF")
 
 
 def start_job(
