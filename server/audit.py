@@ -153,7 +153,12 @@ def record(store: Store, rec: AuditRecord) -> None:
 
 def writer(store: Store, capacity: int, batch: int = 500) -> AuditWriter:
     """The group-commit writer of ``BIGMED_AUDIT_MODE=async`` for ``store`` (:mod:`server.audit_queue`)."""
-    return AuditWriter(store, _INSERT, capacity=capacity, batch=batch)
+    return AuditWriter(store, _INSERT, capacity=capacity, batch=batch, convert=_rows_of)
+
+
+def _rows_of(records: list[AuditRecord]) -> list[tuple[Any, ...]]:
+    """The rows of a batch of records (the async writer builds them in its thread)."""
+    return [row for rec in records for row in rows(rec)]
 
 
 def record_write(tx: WriteTx, rec: AuditRecord) -> None:

@@ -182,7 +182,7 @@ def persist(rec: audit.AuditRecord) -> None:
     if writer is None:
         audit.record(ctx().store, rec)
     else:
-        writer.submit(audit.rows(rec))
+        writer.submit([rec])  # its rows are built in the writer's thread
 
 
 _UNAVAILABLE = "The access could not be recorded in the audit trail; nothing was returned. Retry later."

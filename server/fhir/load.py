@@ -80,7 +80,7 @@ from server.fhir.validation import resource_types, validate_resource
 from server.search.extract import extract
 from server.search.registry import Registry, default_registry
 from server.store.base import INDEX_TABLES, StoredResource, WriteTx
-from server.workers import orphan_guard
+from server.workers import orphan_guard, paused_gc
 
 __all__ = ["Failure", "LoadReport", "default_workers", "discover", "load"]
 
@@ -791,7 +791,7 @@ def load(
         writer = _Writer(ctx, report, bar, batch_size)
         try:
             # into an empty store the value indexes are built once at the end (Store.bulk_session)
-            with ctx.store.bulk_session():
+            with paused_gc(), ctx.store.bulk_session():  # pool workers fork with the collector paused
                 tasks = _tasks(ordered, batch_size)
                 for task, prepared in _run(tasks, default_workers() if workers is None else workers):
                     report.skipped += prepared.skipped

@@ -54,8 +54,9 @@ def store(database_url: str) -> Iterator[Store]:
     s.close()
 
 
-def _rows(n: int, agent: str = "t") -> list[tuple[Any, ...]]:
-    return [audit.AuditRecord(agent=agent, action="R", subtype="read", patients=[f"p{i}"]).row() for i in range(n)]
+def _rows(n: int, agent: str = "t") -> list[audit.AuditRecord]:
+    """``n`` access records (what the request path submits; the writer builds their rows)."""
+    return [audit.AuditRecord(agent=agent, action="R", subtype="read", patients=[f"p{i}"]) for i in range(n)]
 
 
 def _count(store: Store, agent: str = "t") -> int:
@@ -121,7 +122,7 @@ def test_a_full_queue_refuses_records(store: Store) -> None:
 
 
 def test_close_flushes_and_then_refuses(store: Store) -> None:
-    writer = AuditWriter(store, audit._INSERT, capacity=100)
+    writer = audit.writer(store, capacity=100)
     writer.submit(_rows(7))
     assert writer.close(10)
     assert _count(store) == 7
@@ -161,7 +162,7 @@ print("pending", writer.pending)
 
 
 def test_a_forked_child_starts_with_an_empty_queue(store: Store) -> None:
-    writer = AuditWriter(store, audit._INSERT, capacity=100)
+    writer = audit.writer(store, capacity=100)
     writer._queue.extend(_rows(3))  # what a parent had queued when it forked
     writer._pid = -1  # as seen from the child
     assert writer.healthy and writer.pending == 0
@@ -181,7 +182,7 @@ def _no_audit_table(store: Store) -> Iterator[None]:
 
 
 def test_a_real_database_error_is_retried_until_the_table_is_back(store: Store) -> None:
-    writer = AuditWriter(store, audit._INSERT, capacity=100)
+    writer = audit.writer(store, capacity=100)
     with _no_audit_table(store):
         writer.submit(_rows(2))
         _wait(lambda: writer.error is not None)
@@ -189,4 +190,34 @@ def test_a_real_database_error_is_retried_until_the_table_is_back(store: Store) 
             writer.submit(_rows(1))
     assert writer.flush(10) and writer.healthy
     assert _count(store) == 2
+    writer.close()
+
+
+def test_records_arriving_while_the_writer_lingers_share_one_commit(store: Store) -> None:
+    writer = AuditWriter(store, audit._INSERT, capacity=100, batch=50, linger=30.0, convert=audit._rows_of)
+    for _ in range(5):
+        writer.submit(_rows(1))
+    assert writer.commits == 0 and writer.pending == 5  # the writer waits for the batch to fill
+    writer.submit(_rows(45))  # the batch is full: committed without waiting out the linger
+    _wait(lambda: writer.commits == 1)
+    assert _count(store) == 50
+    writer.submit(_rows(2, agent="later"))
+    assert writer.flush(10)  # a flush does not wait out the linger either
+    assert writer.commits == 2 and _count(store, "later") == 2
+    writer.close()
+
+
+def test_rows_are_built_in_the_writer_thread_one_per_patient(store: Store) -> None:
+    built: list[str] = []
+
+    def convert(records: list[audit.AuditRecord]) -> list[tuple[Any, ...]]:
+        built.append(threading.current_thread().name)
+        return audit._rows_of(records)
+
+    writer = AuditWriter(store, audit._INSERT, capacity=100, linger=0, convert=convert)
+    writer.submit([audit.AuditRecord(agent="multi", action="R", subtype="search-type", patients=["a", "b", "c"])])
+    assert writer.flush(10)
+    assert built == ["bigmed-audit-writer"] and _count(store, "multi") == 3
+    patients = store.query("SELECT patient FROM audit_event WHERE agent = ? ORDER BY patient", ("multi",))
+    assert [r[0] for r in patients] == ["a", "b", "c"]
     writer.close()

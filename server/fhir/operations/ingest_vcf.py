@@ -82,6 +82,7 @@ from server.fhir.resource import check_id, instant
 from server.search.extract import IndexRows, extractor_for, normalize_string, reference_target
 from server.search.registry import Registry
 from server.store.base import INDEX_TABLES, StoredResource, WriteTx
+from server.workers import paused_gc
 
 __all__ = [
     "DEFINITION",
@@ -586,7 +587,7 @@ def _store(
     counts = _Counts()
     ts = time.time()
     meta = _Meta(ts)
-    with ctx.store.transaction() as tx:
+    with paused_gc(), ctx.store.transaction() as tx:  # the forked mapping process inherits the pause
         report_id: str | None = None
         last: StoredResource | None = None
         report_created = False
