@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["orphan_guard", "paused_gc"]
+__all__ = ["bulk_worker", "orphan_guard", "paused_gc"]
 
 
 class _GcPauses:
@@ -44,6 +44,13 @@ def orphan_guard(parent: int) -> None:
         os._exit(1)  # no cleanup to run: the parent that wanted the results is dead
 
     threading.Thread(target=watch, name="orphan-guard", daemon=True).start()
+
+
+def bulk_worker(parent: int) -> None:
+    """Initializer of a spawned bulk pool worker: :func:`orphan_guard`, and the collector off for good
+    (the process does nothing but bulk work; see :func:`paused_gc`)."""
+    orphan_guard(parent)
+    gc.disable()
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from server import jsonio
 from server.search.extract import extract
 from server.search.registry import Registry, default_registry
 from server.store.base import Store, StoredResource
-from server.workers import orphan_guard
+from server.workers import bulk_worker, paused_gc
 
 __all__ = ["count_current", "reindex"]
 
@@ -97,7 +97,7 @@ def reindex(
             progress(len(entries))
 
     if workers > 1 and registry is default_registry():
-        with multiprocessing.get_context("spawn").Pool(workers, orphan_guard, (os.getpid(),)) as pool:
+        with paused_gc(), multiprocessing.get_context("spawn").Pool(workers, bulk_worker, (os.getpid(),)) as pool:
             pending: deque[AsyncResult[list[Entry]]] = deque()
             for chunk in _batches(store, type_, batch):
                 items = [(r.rid, r.version, r.type, r.content) for r in chunk if r.content is not None]
@@ -107,7 +107,8 @@ def reindex(
             while pending:
                 write(pending.popleft().get())
     else:
-        for chunk in _batches(store, type_, batch):
-            write([_entry(r.rid, r.version, r.type, r.content, registry) for r in chunk if r.content is not None])
+        with paused_gc():
+            for chunk in _batches(store, type_, batch):
+                write([_entry(r.rid, r.version, r.type, r.content, registry) for r in chunk if r.content is not None])
     store.analyze()  # the rows just written change what the planner should expect
     return done
