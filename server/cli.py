@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import shutil
 import sys
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from flask import Flask
 from gunicorn.app.base import BaseApplication
 from tqdm import tqdm
 
@@ -123,7 +125,7 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
                 self.cfg.set("child_exit", lambda _arbiter, worker: metrics_api.worker_exited(worker.pid, metrics_dir))
 
             def load(self) -> Any:
-                return create_app(cfg)
+                return _serving_app(cfg)
 
         try:
             _Gunicorn().run()
@@ -131,8 +133,16 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
             if own_metrics_dir:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0
-    create_app(cfg).run(host=args.host, port=args.port, threaded=True, debug=False)
+    _serving_app(cfg).run(host=args.host, port=args.port, threaded=True, debug=False)
     return 0
+
+
+def _serving_app(cfg: Config) -> Flask:
+    """The app of a serving process, its start-up objects (registry, knowledge tables, compiled
+    extractors) frozen out of the cyclic GC's full collections: they live as long as the process."""
+    app = create_app(cfg)
+    gc.freeze()
+    return app
 
 
 def _load(args: argparse.Namespace, cfg: Config) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -68,3 +69,9 @@ def test_one_load_per_process_even_from_many_threads(onto: hpo.Ontology) -> None
     for thread in threads:
         thread.join()
     assert all(o is onto for o in seen) and len(seen) == 4
+
+
+def test_the_loaded_ontology_is_out_of_the_cyclic_collectors_view(onto: hpo.Ontology) -> None:
+    gc.collect()  # every tracked survivor is now in the oldest generation, unless frozen
+    assert gc.get_freeze_count() > 0
+    assert all(o is not onto and o is not onto.ids for o in gc.get_objects(generation=2))
