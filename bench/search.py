@@ -40,9 +40,13 @@ How to run
     .venv/bin/python bench/search.py                       # both backends, 10x, in-process
     .venv/bin/python bench/search.py --backends sqlite --scale 1 --repeat 20 --http
     ``--pg-url`` (default ``postgresql://postgres@127.0.0.1:5432/test``): the bench drops and recreates
-    its private schema ``bigmed_search_bench`` and drops it at the end; PostgreSQL is skipped with a
-    message when unreachable. SQLite goes to a temporary directory. ``--explain`` prints the query
-    plans of the first run of each query.
+    its private schema (``--pg-schema``, default ``bigmed_search_bench``) and drops it at the end;
+    PostgreSQL is skipped with a message when unreachable. SQLite goes to a temporary directory.
+    ``--explain`` prints the query plans (EXPLAIN ANALYZE, BUFFERS on PostgreSQL) of the first run
+    of each query. To iterate on search SQL without reloading: ``--keep`` leaves the PostgreSQL
+    schema in place at the end, and ``--reuse`` takes an existing, loaded schema as it is (no load,
+    no reindex: their rows show ``nan``; the statistics are refreshed); drop the schema yourself
+    when done.
 """
 
 from __future__ import annotations
@@ -245,7 +249,7 @@ def _explain(ctx: FhirContext, query: str) -> None:
     path, params = _split(query)
     parsed = parse_search(ctx.registry, path, params)
     sql, args = page_sql(parsed, None, 51)
-    prefix = "EXPLAIN QUERY PLAN " if ctx.store.dialect == "sqlite" else "EXPLAIN "
+    prefix = "EXPLAIN QUERY PLAN " if ctx.store.dialect == "sqlite" else "EXPLAIN (ANALYZE, BUFFERS) "
     print(f"    -- {query}\n    {sql}")
     for row in ctx.store.query(prefix + sql, args):
         print("      " + " | ".join(str(c) for c in row))
@@ -255,28 +259,37 @@ def _explain(ctx: FhirContext, query: str) -> None:
 
 
 @contextlib.contextmanager
-def _backend(name: str, pg_url: str) -> Iterator[Any]:
+def _backend(name: str, args: argparse.Namespace) -> Iterator[tuple[Any, bool]]:
+    """The app on a fresh database, and whether it holds an earlier run's data (``--reuse``)."""
     if name == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
             app = create_app(Config(database_url=f"sqlite:///{tmp}/bench.sqlite", base_url="http://bench"))
             try:
-                yield app
+                yield app, False
             finally:
                 app.extensions["bigmed"].store.close()
         return
     import psycopg
 
+    pg_url, schema = args.pg_url, args.pg_schema
     with psycopg.connect(pg_url, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
-        conn.execute(f"CREATE SCHEMA {PG_SCHEMA}")
+        found = conn.execute(
+            "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'resources'", (schema,)
+        ).fetchone()
+        loaded = found and conn.execute(f"SELECT EXISTS (SELECT 1 FROM {schema}.resources)").fetchone()
+        reused = bool(args.reuse and loaded and loaded[0])
+        if not reused:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"CREATE SCHEMA {schema}")
     sep = "&" if "?" in pg_url else "?"
-    app = create_app(Config(database_url=f"{pg_url}{sep}options=-csearch_path%3D{PG_SCHEMA}", base_url="http://bench"))
+    app = create_app(Config(database_url=f"{pg_url}{sep}options=-csearch_path%3D{schema}", base_url="http://bench"))
     try:
-        yield app
+        yield app, reused
     finally:
         app.extensions["bigmed"].store.close()
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
+        if not args.keep:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def _analyze(ctx: FhirContext) -> None:
@@ -284,8 +297,16 @@ def _analyze(ctx: FhirContext) -> None:
 
 
 def bench_backend(name: str, args: argparse.Namespace, bundles: list[list[dict[str, Any]]]) -> dict[str, Any]:
-    with _backend(name, args.pg_url) as app:
+    with _backend(name, args) as (app, reused):
         ctx: FhirContext = app.extensions["bigmed"]
+        if reused:
+            print("  reusing the loaded schema: no load, no reindex", flush=True)
+            _analyze(ctx)
+            n = ctx.store.query("SELECT COUNT(*) FROM resources")[0][0]
+            queries = _queries(bundles, args.scale, random.Random(42))
+            rows = run_queries(ctx, app, queries, args.repeat, args.http, args.explain)
+            nan = float("nan")
+            return {"backend": name, "resources": n, "extract": nan, "write": nan, "reindex": nan, "queries": rows}
         originals = [copy.deepcopy(r) for b in bundles for r in b]
 
         def everything() -> Iterator[dict[str, Any]]:
@@ -330,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=100, help="runs per query")
     parser.add_argument("--batch", type=int, default=2000, help="resources per write transaction")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--pg-schema", default=PG_SCHEMA, help="the PostgreSQL schema the bench owns")
+    parser.add_argument("--keep", action="store_true", help="leave the PostgreSQL schema in place at the end")
+    parser.add_argument("--reuse", action="store_true", help="take an existing loaded PostgreSQL schema as it is")
     parser.add_argument("--http", action="store_true", help="also time each query through the Flask test client")
     parser.add_argument("--explain", action="store_true", help="print the query plan of each query")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")

@@ -45,8 +45,12 @@ unsupported *modifier* is always a 400, as ignoring it would change what matches
 Paging and sorting SQL: the page query selects ``(rid, res_type, res_id, sort keys…)``; a sort
 key is a correlated ``MIN``/``MAX`` over the parameter's index rows (served from the
 ``(rid, param, grp, value)`` index), computed once per match in a ``MATERIALIZED`` CTE before
-the keyset condition and ``ORDER BY``. Without ``_sort`` the order is ``rid`` (insertion order)
-and the first page of a selective search reads only the matching index entries.
+the keyset condition and ``ORDER BY``. Without ``_sort`` the order is ``rid`` (insertion order);
+a search whose clauses are one ``rid IN (index range)`` and any ``EXISTS`` probes is then driven
+by that range (see ``_driven_page_sql``): for one token (``code``, ``system|code``) or one
+``Type/id`` reference the range is already in ``rid`` order, so a page reads about ``_count``
+index entries and resource rows however many resources match, and a next page seeks to its
+cursor; other ranges are read whole and sorted, as before.
 
 Result parameters (#return) parsed here: ``_sort`` (several keys, ``-`` for descending; dates
 sort by their low bound ascending and their high bound descending, strings by the normalised
@@ -166,6 +170,11 @@ class Clause:
 
     sql: str
     params: list[Any]
+    #: when ``sql`` is ``rid IN (subquery)`` on one index table: that subquery (``SELECT rid FROM
+    #: idx_… WHERE …``, columns unqualified) and its values; :func:`page_sql` may walk it instead
+    rids: tuple[str, list[Any]] | None = None
+    #: ``sql`` is a per-candidate ``EXISTS`` probe through a ``(rid, param …)`` index
+    probe: bool = False
 
 
 @dataclass(frozen=True)
@@ -566,10 +575,9 @@ class _Parser:
             elif kind == "token" and modifier == "of-type":
                 conds = [_token_condition("", v, "of-type") for v in values]
                 cond = " OR ".join(c for c, _ in conds)
-                return Clause(
-                    f"{a}.rid IN (SELECT rid FROM idx_token WHERE param = ?{scope} AND ({cond}))",
-                    [f"{sp.code}:of-type", *scope_params, *[x for _, ps in conds for x in ps]],
-                )
+                sub = f"SELECT rid FROM idx_token WHERE param = ?{scope} AND ({cond})"
+                args = [f"{sp.code}:of-type", *scope_params, *[x for _, ps in conds for x in ps]]
+                return Clause(f"{a}.rid IN ({sub})", args, rids=(sub, args))
             else:
                 found = [_value_condition("", kind, v, modifier) for v in values]
                 table = found[0][0]
@@ -583,8 +591,10 @@ class _Parser:
             # through the (rid, param …) index instead of listing every match first (no res_type
             # condition: the rid fixes the type, and the probe then reads the index alone)
             probe = [sp.code, *[x for _, ps in conds for x in ps]]
-            return Clause(f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ? AND ({cond}))", probe)
-        return Clause(f"{a}.rid IN (SELECT rid FROM idx_{table} WHERE param = ?{scope} AND ({cond}))", args)
+            sql = f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ? AND ({cond}))"
+            return Clause(sql, probe, probe=True)
+        sub = f"SELECT rid FROM idx_{table} WHERE param = ?{scope} AND ({cond})"
+        return Clause(f"{a}.rid IN ({sub})", args, rids=(sub, args))
 
     def missing_clause(self, a: str, sp: SearchParam, scope: str, scope_params: list[Any], raw: str) -> Clause:
         if raw.lower() not in ("true", "false"):
@@ -896,14 +906,15 @@ class Cursor:
         return cls(values, rid, direction == "p")
 
 
-def _where(parsed: ParsedSearch) -> tuple[list[str], list[Any]]:
+def _where(parsed: ParsedSearch, clauses: Sequence[Clause] | None = None) -> tuple[list[str], list[Any]]:
+    """Conditions on ``resources r``: current, of the types searched, matching ``clauses`` (default: all)."""
     where = ["r.deleted = 0"]
     params: list[Any] = []
     if not parsed.all_types:
         scope, scope_params = _scope_sql("r.res_type", parsed.types)
         where.append(scope[len(" AND ") :])
         params += scope_params
-    for c in parsed.clauses:
+    for c in parsed.clauses if clauses is None else clauses:
         where.append(c.sql)
         params.extend(c.params)
     return where, params
@@ -938,11 +949,59 @@ def _keyset(
     return ("(" + " OR ".join(ors) + ")" if ors else "1 = 0"), params
 
 
+def _driver(parsed: ParsedSearch) -> Clause | None:
+    """The clause a page in ``rid`` order can walk: the only index-range clause, the others probes."""
+    ranges = [c for c in parsed.clauses if c.rids is not None]
+    if parsed.sort or len(ranges) != 1 or not all(c.probe for c in parsed.clauses if c is not ranges[0]):
+        return None
+    return ranges[0]
+
+
+def _driven_page_sql(parsed: ParsedSearch, driver: Clause, cursor: Cursor | None, limit: int) -> tuple[str, list[Any]]:
+    """A page in ``rid`` order that reads the driver's index range in that order and stops at ``limit``.
+
+    ``r.rid IN (SELECT rid FROM idx_token WHERE param = ? AND res_type = ? AND code = ? …)``
+    leaves PostgreSQL a semi-join: it hashes every match, or merge-joins the matches with
+    ``resources`` read in key order, which on a store loaded type by type reads every row of the
+    types loaded before the first match. Here the matches are the outer side of a join, in
+    ``rid`` order (the order of an index range whose leading columns are all fixed by equality,
+    e.g. ``idx_token_value`` for one code), de-duplicated by ``DISTINCT`` on that order and
+    limited; each is looked up in ``resources`` by key, and the remaining clauses (probes) are
+    tested on it. ``m.rid + 0`` puts the join key outside ``rid``'s equivalence class, so
+    ``resources`` read in key order does not count as reading the matches in order (no merge
+    join on the primary key). The keyset condition is on ``m.rid``, where the index range seeks
+    to it. The outer query adds ``res_type, res_id`` to the page's rids.
+    """
+    assert driver.rids is not None
+    sub, sub_params = driver.rids
+    where, params = _where(parsed, [c for c in parsed.clauses if c is not driver])
+    backward = cursor is not None and cursor.backward
+    if cursor is not None:
+        if cursor.keys:
+            raise BadRequest("_cursor does not belong to this search (its _sort differs)")
+        where.append(f"m.rid {'<' if backward else '>'} ?")
+        params.append(cursor.rid)
+    order = "DESC" if backward else "ASC"
+    inner = (
+        f"SELECT DISTINCT m.rid FROM ({sub}) m JOIN resources r ON r.rid = m.rid + 0 "
+        f"WHERE {' AND '.join(where)} ORDER BY m.rid {order} LIMIT {int(limit)}"
+    )
+    sql = (
+        f"SELECT q.rid, r.res_type, r.res_id FROM ({inner}) q JOIN resources r ON r.rid = q.rid ORDER BY q.rid {order}"
+    )
+    return sql, [*sub_params, *params]
+
+
 def page_sql(parsed: ParsedSearch, cursor: Cursor | None, limit: int) -> tuple[str, list[Any]]:
     """SQL of one page: rows ``(rid, res_type, res_id, *sort keys)`` in page order.
 
     A backward cursor selects the rows before it, in reverse order (the caller reverses them).
+    A search in ``rid`` order whose clauses are one index range and probes walks that range
+    (:func:`_driven_page_sql`).
     """
+    driver = _driver(parsed)
+    if driver is not None:
+        return _driven_page_sql(parsed, driver, cursor, limit)
     where, params = _where(parsed)
     backward = cursor is not None and cursor.backward
     keys = parsed.sort

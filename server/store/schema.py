@@ -42,10 +42,13 @@ Text columns that are compared by range or sorted use byte order on both backend
 default BINARY, ``COLLATE "C"`` on PostgreSQL), so prefix searches, ``:contains`` and
 ``_sort`` give identical answers on both. Value indexes end with ``rid, grp`` so that the
 ``rid IN (SELECT rid FROM idx_… WHERE …)`` subqueries of :mod:`server.search.query` (and the
-first component of a composite) are answered from the index alone; ``(rid, param, grp, <sort
-column>)`` indexes serve deletes, composite joins and, from the index alone, ``_sort`` keys;
-``idx_date_high`` serves ``gt``/``ge`` (``high > …``). On PostgreSQL, multi-column statistics
-(``_PG_STATISTICS``) keep the row estimates of these correlated columns sane.
+first component of a composite) are answered from the index alone; ``idx_token_value`` has
+``rid`` right after ``code`` (then ``system, grp``), so the entries of one code, with or without
+its system, come in ``rid`` order and a page in that order reads only its own entries. ``(rid,
+param, grp, <sort column>)`` indexes serve deletes, composite joins and, from the index alone,
+``_sort`` keys; ``idx_date_high`` serves ``gt``/``ge`` (``high > …``). On PostgreSQL,
+multi-column statistics (``_PG_STATISTICS``) keep the row estimates of these correlated columns
+sane.
 
 ``variant_range`` the genomic range index (a derived index, see ``base.DerivedIndex``): one row
                per current variant Observation (Genomics Reporting ``variant`` profile), filled
@@ -82,15 +85,21 @@ column>)`` indexes serve deletes, composite joins and, from the index alone, ``_
 
 ``type_gen``   a generation counter per resource type, moved by every commit that writes the
                type (server/cache.py keys cached answers by it; never reset).
-``schema_meta`` one row: the schema version; :func:`migrate` brings any older database up
-(columns listed in ``ADDED_COLUMNS`` are added to tables created before them).
+``schema_meta`` one row: the schema version; the store's migration at start-up brings any older
+database up (columns listed in ``ADDED_COLUMNS`` are added to tables created before them, indexes
+listed in ``REBUILT_INDEXES`` for a later version are dropped and built again).
 """
 
 from __future__ import annotations
 
-__all__ = ["ADDED_COLUMNS", "SCHEMA_VERSION", "ddl"]
+__all__ = ["ADDED_COLUMNS", "REBUILT_INDEXES", "SCHEMA_VERSION", "ddl", "rebuilt_indexes"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Indexes whose definition changed in a schema version: migrating a database from an older
+#: version drops them before the indexes are created (``CREATE INDEX IF NOT EXISTS`` keeps an
+#: index of that name as it is). 2: ``idx_token_value`` puts ``rid`` before ``system``.
+REBUILT_INDEXES: dict[int, tuple[str, ...]] = {2: ("idx_token_value",)}
 
 _TYPES = {
     "sqlite": {
@@ -147,7 +156,7 @@ CREATE TABLE IF NOT EXISTS idx_token (
     rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL,
     system {text}, code {text}, text {text}, grp INTEGER
 );
-CREATE INDEX IF NOT EXISTS idx_token_value ON idx_token (param, res_type, code, system, rid, grp);
+CREATE INDEX IF NOT EXISTS idx_token_value ON idx_token (param, res_type, code, rid, system, grp);
 CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token (rid, param, grp, code);
 CREATE TABLE IF NOT EXISTS idx_string (
     rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL,
@@ -237,6 +246,11 @@ CREATE STATISTICS IF NOT EXISTS idx_number_stats (dependencies, mcv) ON param, r
 CREATE STATISTICS IF NOT EXISTS idx_quantity_stats (dependencies, mcv) ON param, res_type FROM idx_quantity;
 CREATE STATISTICS IF NOT EXISTS idx_uri_stats (dependencies, mcv) ON param, res_type FROM idx_uri;
 """
+
+
+def rebuilt_indexes(version: int) -> list[str]:
+    """Indexes a database at schema ``version`` has with an outdated definition."""
+    return [name for v, names in sorted(REBUILT_INDEXES.items()) if v > version for name in names]
 
 
 def ddl(dialect: str) -> list[str]:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from server.store.base import INDEX_TABLES, STORE_ID_KEY, DerivedIndex, HistoryEntry, StoredResource
-from server.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, ddl
+from server.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, ddl, rebuilt_indexes
 
 __all__ = [
     "DEFERRABLE_INDEXES",
@@ -153,17 +153,19 @@ class SqlStoreBase:
         for table, column, sql_type in ADDED_COLUMNS:
             if column not in self._columns(cur, table):
                 cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
-        for stmt in statements:
-            if stmt not in tables:
-                cur.execute(stmt)
         cur.execute("SELECT version FROM schema_meta")
         row = cur.fetchone()
-        if row is None:
-            cur.execute(self._sql("INSERT INTO schema_meta (version) VALUES (?)"), (SCHEMA_VERSION,))
-        elif row[0] > SCHEMA_VERSION:
+        if row is not None and row[0] > SCHEMA_VERSION:
             raise RuntimeError(
                 f"database schema version {row[0]} is newer than this server's ({SCHEMA_VERSION}); upgrade the server"
             )
+        for name in rebuilt_indexes(row[0]) if row is not None else ():
+            cur.execute(f"DROP INDEX IF EXISTS {name}")  # built again, as now defined, just below
+        for stmt in statements:
+            if stmt not in tables:
+                cur.execute(stmt)
+        if row is None:
+            cur.execute(self._sql("INSERT INTO schema_meta (version) VALUES (?)"), (SCHEMA_VERSION,))
         elif row[0] < SCHEMA_VERSION:
             cur.execute(self._sql("UPDATE schema_meta SET version = ?"), (SCHEMA_VERSION,))
         # the database's identity, drawn once: cache keys carry it (server/cache.py), so databases

@@ -195,3 +195,28 @@ def test_post_search(loaded: Any) -> None:
     )
     assert resp.status_code == 200
     assert [e["resource"]["id"] for e in resp.get_json()["entry"]] == ["ola"]
+
+
+@pytest.mark.parametrize(
+    ("query", "driven"),
+    [
+        ("code=http://loinc.org|8302-2", True),
+        ("code=8302-2&date=ge2018", True),  # one range and a probe
+        ("subject=Patient/p1", True),
+        ("code=8302-2&subject=Patient/p1", False),  # two ranges: the planner picks the order
+        ("code=8302-2&_sort=date", False),
+        ("subject:Patient.name=x", False),
+        ("_id=o1&code=8302-2", False),
+    ],
+)
+def test_unsorted_page_walks_its_only_index_range(query: str, driven: bool) -> None:
+    from urllib.parse import parse_qsl
+
+    from server.search.query import Cursor, page_sql, parse_search
+    from server.search.registry import Registry
+
+    parsed = parse_search(Registry.load(extra_paths=[]), "Observation", parse_qsl(query))
+    sql, params = page_sql(parsed, Cursor(tuple(None for _ in parsed.sort), 7, backward=True), 11)
+    assert ("SELECT DISTINCT m.rid FROM (SELECT rid FROM idx_" in sql) is driven
+    if driven:  # the cursor seeks in the range itself, and the page comes back in reverse order
+        assert "m.rid < ?" in sql and sql.endswith("ORDER BY q.rid DESC") and params[-1] == 7
