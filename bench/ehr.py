@@ -9,7 +9,8 @@ SPM: 13 resources per message), writes them to a feed file (LF segment ends) and
 parse, map, index, serialise in ``--workers`` processes, one writer, batched writes) into a fresh
 SQLite file and a fresh PostgreSQL schema. Prints messages/s and resources/s for each, beside
 parse+map alone on one core, and compares with the goal (2,000 messages/s on SQLite). A second
-run of the same feed (every message a duplicate) is timed too.
+run of the same feed (every message a duplicate) is timed too. The CPU time per message of this
+process and of the workers is printed as well: on a shared machine it varies less than the rate.
 
 PostgreSQL: ``BIGMED_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``),
 in a schema of its own, dropped at the end.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -88,19 +90,31 @@ def drop_schema(schema: str) -> None:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its finished child processes (the workers)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+
 def run(name: str, url: str, feed: Path, messages: int, workers: int) -> float:
     app = create_app(Config(database_url=url, cache_enabled=False, log_level="WARNING"))
     ctx = app.extensions["bigmed"]
     ctx.store.reset()
     try:
+        before = cpu_seconds()
         with feed.open("rb") as fh:
             report = ingest_hl7(ctx, [(feed.name, fh)], workers=workers)
+        writer, mappers = (after - start for after, start in zip(cpu_seconds(), before, strict=True))
         assert report.stored == messages, report.summary()
         rate = report.rate
         resources = report.counts.created / report.seconds
         print(
             f"  {name:<10} workers={workers}: {report.seconds:6.2f} s  {rate:7,.0f} messages/s  "
             f"{resources:8,.0f} resources/s  ({report.counts.created:,} created)"
+        )
+        print(
+            f"  {'':<10} CPU per message: {writer / messages * 1e3:.2f} ms in this process (parse, write)"
+            + (f", {mappers / messages * 1e3:.2f} ms in the workers (map, index, serialise)" if workers else "")
         )
         with feed.open("rb") as fh:
             again = ingest_hl7(ctx, [(feed.name, fh)], workers=workers)

@@ -19,7 +19,11 @@ second; this module gives the same answer in bulk, keeping the transaction rules
   (DELETE, PATCH, GET) fail it too: the mappers never write them.
 - **References.** References to an entry's fullUrl become ``Type/id``; conditional references
   (``Patient?identifier=system|value``) are resolved after the record's own creates, so they find a
-  Patient the same record (or an earlier record) creates; exactly one match is required.
+  Patient the same record (or an earlier record) creates; exactly one match is required. The
+  rewriting is :func:`server.fhir.transaction.rewrite_references`'s, but it looks only where the
+  mappers put references (``subject``, ``result[]``, ``participant[].individual`` …) and lets the
+  serialised JSON prove nothing else needed it (as many ``"reference":`` keys, no string equal to
+  a ``urn:`` fullUrl); a resource that fails the proof is walked element by element.
 - **Ids.** Resources created by a conditional entry get the id ``uuid5(type?criteria)``, so the
   same patient arriving first in an ORU or first in an ADT gets one id either way, and a record's
   conditional references can be written, indexed and serialised *before* the database is asked
@@ -47,9 +51,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -81,6 +86,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: a JSON string that starts like a local fullUrl (``urn:uuid:``, ``urn:oid:``)
+_URN_STRING = re.compile(rb'"urn:(?:uuid|oid):')
+_ABSENT = object()
+_INDEX_TABLES = tuple(f.name for f in fields(IndexRows))
 #: identifier criteria looked up with one OR search per this many values
 _LOOKUP_CHUNK = 200
 _ID_NAMESPACE = "ehr-conditional-target"
@@ -94,15 +103,27 @@ class RecordError(Exception):
         self.problem = Problem(where, reason, "error", code)
 
 
+@functools.lru_cache(maxsize=16384)  # the same patients' criteria come again and again
 def canonical(type_: str, criteria: str) -> str:
     """``Type?k=v&…`` with the parameters decoded and sorted: one key per search, however it was spelt."""
     pairs = sorted(parse_qsl(criteria.lstrip("?"), keep_blank_values=True))
     return type_ + "?" + "&".join(f"{k}={v}" for k, v in pairs)
 
 
+@functools.lru_cache(maxsize=16384)
 def _guess(key: str) -> str:
     """The id of a resource created by a conditional entry with canonical criteria ``key``."""
     return fhir_id(_ID_NAMESPACE, key)
+
+
+@functools.lru_cache(maxsize=16384)
+def _conditional_target(ref: str) -> tuple[str, str, str] | None:
+    """(type, canonical criteria, guessed id) of a conditional reference ``Type?criteria``, else None."""
+    cond = conditional_reference(ref)
+    if cond is None:
+        return None
+    key = canonical(*cond)
+    return cond[0], key, _guess(key)
 
 
 def message_digest(text: str) -> str:
@@ -122,6 +143,17 @@ class Item:
     index: IndexRows
     keys: tuple[str, ...] = ()  # canonical identifier criteria the resource answers (created ones)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # plain tuples between processes: a slots dataclass's own pickling runs Python per field
+        rows = tuple(getattr(self.index, name) for name in _INDEX_TABLES)
+        return _item, (self.where, self.type_, self.id_, self.mode, self.key, self.content, rows, self.keys)
+
+
+def _item(
+    where: str, type_: str, id_: str, mode: str, key: str | None, content: bytes, rows: Any, keys: tuple[str, ...]
+) -> Item:
+    return Item(where, type_, id_, mode, key, content, IndexRows(**dict(zip(_INDEX_TABLES, rows, strict=True))), keys)
+
 
 @dataclass(slots=True)
 class Unit:
@@ -140,6 +172,9 @@ class Unit:
     digest: str | None = None
     raw: str = ""
     warnings: list[Problem] = field(default_factory=list)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Unit, tuple(getattr(self, name) for name in self.__slots__)
 
 
 @dataclass(slots=True)
@@ -227,20 +262,28 @@ def prepare_unit(
             return mapped
         if ref.startswith(LOCAL_URN_PREFIXES):
             raise RecordError("", f"the reference '{ref}' is not the fullUrl of any entry of the record")
-        cond = conditional_reference(ref)
-        if cond is None:
+        target = _conditional_target(ref) if "?" in ref else None
+        if target is None:
             return ref
-        key = canonical(*cond)
-        guessed = _guess(key)
-        guesses.setdefault(guessed, (cond[0], key))
-        return f"{cond[0]}/{guessed}"
+        type_, key, guessed = target
+        guesses.setdefault(guessed, (type_, key))
+        return f"{type_}/{guessed}"
 
     urn_map = {k: v for k, v in full_urls.items() if k.startswith(LOCAL_URN_PREFIXES)}
+    try:
+        urn_json: list[bytes] | None = [jsonio.dumps(k) for k in urn_map]
+    except TypeError:  # a fullUrl JSON cannot hold: the walk handles it
+        urn_json = None
+    last_updated = instant(ts)
     items: list[Item] = []
     for i, resource, id_, mode, key in planned:
         where = f"Bundle.entry[{i}]"
+        content: bytes | None = None
         try:
-            rewrite_references(resource, urn_map, on_reference, copy=False)
+            if not validate and urn_json is not None:
+                content = _rewrite_and_stamp(resource, id_, last_updated, urn_json, on_reference)
+            if content is None:
+                rewrite_references(resource, urn_map, on_reference, copy=False)
         except RecordError as exc:
             raise RecordError(where, exc.problem.reason) from exc
         if validate:
@@ -255,20 +298,86 @@ def prepare_unit(
                 for ident in resource.get("identifier") or ()
                 if isinstance(ident, dict) and isinstance(ident.get("value"), str)
             )
-        stamp(resource, id_, 1, ts)
-        items.append(
-            Item(
-                where,
-                resource["resourceType"],
-                id_,
-                mode,
-                key,
-                jsonio.dumps(resource),
-                extract(resource, registry),
-                keys,
-            )
-        )
+        if content is None:
+            _stamp(resource, id_, last_updated)
+            content = jsonio.dumps(resource)
+        items.append(Item(where, resource["resourceType"], id_, mode, key, content, extract(resource, registry), keys))
     return items, guesses
+
+
+def _stamp(resource: dict[str, Any], id_: str, last_updated: str) -> None:
+    """:func:`server.fhir.resource.stamp` as version 1, with ``lastUpdated`` formatted once per record."""
+    resource["id"] = id_
+    meta = resource.get("meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    meta["versionId"] = "1"
+    meta["lastUpdated"] = last_updated
+    resource["meta"] = meta
+
+
+def _reference_sites(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The elements holding a ``reference`` string where mappers put them: a guess, checked by the caller.
+
+    Elements of the resource (``subject``, ``specimen``, ``result[]``) and elements of their items
+    (``participant[].individual``, ``link[].other``); deeper ones are not looked for.
+    """
+    sites = []
+    for value in resource.values():
+        if type(value) is dict:
+            if type(value.get("reference")) is str:
+                sites.append(value)
+        elif type(value) is list:
+            for item in value:
+                if type(item) is not dict:
+                    continue
+                if type(item.get("reference")) is str:
+                    sites.append(item)
+                    continue
+                for inner in item.values():
+                    if type(inner) is dict and type(inner.get("reference")) is str:
+                        sites.append(inner)
+    return sites
+
+
+def _rewrite_and_stamp(
+    resource: dict[str, Any],
+    id_: str,
+    last_updated: str,
+    urn_json: Sequence[bytes],
+    on_reference: Callable[[str], str],
+) -> bytes | None:
+    """The JSON of ``resource`` with references rewritten and stamped, without walking every element.
+
+    Only the :func:`_reference_sites` go through ``on_reference``; the serialised result then
+    proves that nothing else needed :func:`rewrite_references`: it holds exactly as many
+    ``"reference":`` keys (compact JSON has that text only there) and no string equal to a local
+    fullUrl (``urn_json``). Otherwise the resource is put back as it was and None is returned
+    (the caller walks it), also when a reference is refused (the walk reports the first one).
+    """
+    sites = _reference_sites(resource)
+    olds = [site["reference"] for site in sites]
+    done = 0
+    restore_id, restore_meta = resource.get("id", _ABSENT), resource.get("meta", _ABSENT)
+    try:
+        for site in sites:
+            site["reference"] = on_reference(site["reference"])
+            done += 1
+        _stamp(resource, id_, last_updated)
+        content = jsonio.dumps(resource)
+        if content.count(b'"reference":') == len(sites) and not (
+            _URN_STRING.search(content) and any(k in content for k in urn_json)
+        ):
+            return content
+    except RecordError:
+        pass
+    for site, old in reversed(list(zip(sites[:done], olds[:done], strict=True))):
+        site["reference"] = old
+    for name, was in (("id", restore_id), ("meta", restore_meta)):
+        if was is _ABSENT:
+            resource.pop(name, None)
+        else:
+            resource[name] = was
+    return None
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ gets an outcome, and on request an original-mode acknowledgment (HL7 v2.5.1 chap
 ERR segment when it was quarantined by the mapper or refused by the store. A malformed message
 never stops the others; each one that did not become FHIR is written to the quarantine table.
 
-Speed: mapping, indexing and serialising (about 1.3 ms of CPU for an ORU^R01 with 10 OBX) run in
-``workers`` forked processes, in chunks of :data:`CHUNK` messages, while this process parses the
-feed and writes (one writer: the store's own rule on SQLite). ``workers=0`` does it all here
-(the HTTP endpoint, small inputs).
+Speed: mapping, indexing and serialising run in ``workers`` forked processes, in chunks of
+:data:`CHUNK` messages (a few queued per worker, so they go on while the writer commits), while
+this process parses the feed and writes (one writer: the store's own rule on SQLite). The cyclic
+garbage collector is paused meanwhile (:func:`server.workers.paused_gc`; the workers fork with it
+paused). ``workers=0`` does it all here (the HTTP endpoint, small inputs). ``bench/ehr.py``
+prints the CPU time per message of both sides.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ from server.fhir.operations.ehr_store import (
 )
 from server.fhir.report import IngestReport
 from server.search.registry import Registry, default_registry
-from server.workers import orphan_guard
+from server.workers import orphan_guard, paused_gc
 
 __all__ = ["CHUNK", "Hl7Report", "default_workers", "ingest_hl7"]
 
 #: messages per task handed to a worker process
 CHUNK = 50
+#: tasks queued per worker: enough to keep the workers busy while the writer commits a batch
+_AHEAD = 8
 _DUPLICATE = "duplicate of a message already processed (same sender, control id and content): nothing changed"
 
 #: what the workers need, set by :func:`ingest_hl7` before they are forked
@@ -153,7 +157,7 @@ def _run(
     try:
         for chunk in chunks:
             pending.append(pool.submit(_prepare, chunk, time.time()))
-            if len(pending) > 3 * workers:  # bounded look-ahead: memory stays flat on long feeds
+            if len(pending) > _AHEAD * workers:  # bounded look-ahead: memory stays flat on long feeds
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
@@ -251,7 +255,7 @@ def ingest_hl7(
 
     _SETTINGS.update(registry=ctx.registry, default_tz=default_tz, authorities=authorities, validate=validate)
     try:
-        with ctx.store.bulk_session():  # into an empty store: value indexes built once at the end
+        with paused_gc(), ctx.store.bulk_session():  # workers fork with the collector paused; see bulk_session
             for prepared in _run(chunks(), workers):
                 for seq, result in prepared:
                     report.messages += 1

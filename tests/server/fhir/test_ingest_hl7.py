@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,3 +188,126 @@ def test_worker_processes_store_the_same(sqlite_url: str) -> None:
     assert len(_all(context, "Patient")) == 2
     assert len(_all(context, "Observation")) == 240
     context.store.close()
+
+
+_U = "urn:uuid:11111111-1111-1111-1111-111111111111"
+_V = "urn:uuid:22222222-2222-2222-2222-222222222222"
+
+
+def _tricky_records() -> list[list[dict[str, Any]]]:
+    patient = {"resourceType": "Patient", "identifier": [{"system": "http://x", "value": "1"}]}
+    create = {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=http://x|1"}
+    shared = {"reference": _U}
+    return [
+        [  # a fullUrl used as a plain string, a conditional reference inside an extension
+            {"fullUrl": _U, "resource": patient, "request": create},
+            {
+                "fullUrl": _V,
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "o1",
+                    "subject": {"reference": _U},
+                    "extension": [{"url": "x", "valueReference": {"reference": "Patient?identifier=http://x|1"}}],
+                    "note": [{"text": _U}],
+                },
+                "request": {"method": "PUT", "url": "Observation/o1"},
+            },
+        ],
+        [  # the usual places, one element shared by two of them, meta kept
+            {"fullUrl": _U, "resource": dict(patient, meta={"tag": [{"code": "t"}]}), "request": create},
+            {
+                "fullUrl": _V,
+                "resource": {
+                    "resourceType": "Encounter",
+                    "id": "e1",
+                    "subject": shared,
+                    "participant": [{"individual": {"reference": "Practitioner?identifier=p|1", "display": "P"}}],
+                    "account": [shared],
+                },
+                "request": {"method": "PUT", "url": "Encounter/e1"},
+            },
+        ],
+        [  # a reference that is not a string, one inside an identifier
+            {
+                "fullUrl": _V,
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "o2",
+                    "subject": {"reference": 5},
+                    "focus": [{"identifier": {"assigner": {"reference": _V}}}],
+                },
+                "request": {"method": "PUT", "url": "Observation/o2"},
+            },
+        ],
+    ]
+
+
+def _prepared(monkeypatch: pytest.MonkeyPatch, entries: list[dict[str, Any]], walk: bool) -> Any:
+    from server.fhir.operations import ehr_store
+    from server.search.registry import default_registry
+
+    with monkeypatch.context() as m:
+        if walk:  # the reference: every element walked by rewrite_references
+            m.setattr(ehr_store, "_rewrite_and_stamp", lambda *args: None)
+        try:
+            items, guesses = ehr_store.prepare_unit(copy.deepcopy(entries), default_registry(), 1.7e9)
+        except ehr_store.RecordError as exc:
+            return str(exc)
+    return [(i.where, i.id_, i.mode, i.key, i.content, i.index, i.keys) for i in items], guesses
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_references_rewritten_without_the_walk_are_the_same(monkeypatch: pytest.MonkeyPatch, case: int) -> None:
+    entries = _tricky_records()[case]
+    fast = _prepared(monkeypatch, entries, walk=False)
+    assert fast == _prepared(monkeypatch, entries, walk=True)
+    if case == 0:
+        content = jsonio.loads(fast[0][1][4])
+        assert content["note"][0]["text"].startswith("Patient/") and content["subject"] == {
+            "reference": content["note"][0]["text"]
+        }
+        assert content["extension"][0]["valueReference"]["reference"] == content["subject"]["reference"]
+
+
+def test_a_reference_to_no_entry_fails_the_record_with_or_without_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = {"focus": [{"identifier": {"assigner": {"reference": "urn:uuid:nowhere-deep"}}}]}
+    entries = [
+        {
+            "fullUrl": _U,
+            "resource": {
+                "resourceType": "Observation",
+                "id": "o",
+                "subject": {"reference": "urn:uuid:nowhere"},
+                **deep,
+            },
+            "request": {"method": "PUT", "url": "Observation/o"},
+        }
+    ]
+    fast = _prepared(monkeypatch, entries, walk=False)
+    assert fast == _prepared(monkeypatch, entries, walk=True)
+    assert "Bundle.entry[0]" in fast and "urn:uuid:nowhere'" in fast
+
+
+def test_mapped_messages_take_the_short_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mappers.hl7v2 import MappedMessage, map_message, parse_messages
+    from server.fhir.operations import ehr_store
+
+    walked: list[str] = []
+    walk = ehr_store.rewrite_references
+    monkeypatch.setattr(
+        ehr_store, "rewrite_references", lambda r, *a, **k: walked.append(r["resourceType"]) or walk(r, *a, **k)
+    )
+    for name, data in _files():
+        for raw in parse_messages(data, name):
+            mapped = map_message(raw)
+            if isinstance(mapped, MappedMessage):
+                entries = mapped.entries
+                assert _prepared(monkeypatch, entries, walk=False) == _prepared(monkeypatch, entries, walk=True)
+    assert walked.count("Observation") > 0  # the walk ran only where asked for (walk=True) ...
+    walked.clear()
+    for name, data in _files():
+        for raw in parse_messages(data, name):
+            mapped = map_message(raw)
+            if isinstance(mapped, MappedMessage):
+                _prepared(monkeypatch, mapped.entries, walk=False)
+    assert walked == []  # ... never for what the mapper writes
