@@ -9,6 +9,14 @@ registry: it knows that ``Observation.value`` is a choice element (JSON ``valueQ
 that ``Patient.telecom`` holds ContactPoints, so each compiled branch yields values of one known
 type and its row builder is chosen at compile time.
 
+Per resource type (:class:`TypeExtractor`) the branches are grouped by the top-level JSON
+property they read, and Python source is generated with one function per property: branches that
+only walk JSON properties (most of them: ``Claim.item.detail.udi``) are walked inline, each path
+prefix once, the others call their closure; a resource only pays for the properties it has.
+Composites with the same items and components share one evaluation per resource, and the pure
+string functions (:func:`normalize_string`, :func:`reference_target`, :func:`date_range`) remember
+their recent results. ``bench/extract.py`` measures the time per resource.
+
 Supported FHIRPath (http://hl7.org/fhirpath/N1/): paths, ``|``, ``where()``, ``as``/``as()``/
 ``ofType()``/``is``, ``exists()``, ``empty()``, ``not()``, ``first()``, ``[n]``, ``extension(url)``,
 ``resolve() is Type`` (the type is read from the reference itself), ``=``/``!=``, ``and``/``or``
@@ -114,10 +122,21 @@ class IndexRows:
 
     def dedupe(self) -> None:
         """Drop repeated rows (keeping order), e.g. the same coding reached by two branches."""
-        for name in _TABLES:
-            rows = getattr(self, name)
-            if len(rows) > 1:
-                setattr(self, name, list(dict.fromkeys(rows)))
+        # unrolled over the tables: this runs for every resource written
+        if len(self.token) > 1 and len(unique := dict.fromkeys(self.token)) < len(self.token):
+            self.token = list(unique)
+        if len(self.string) > 1 and len(unique := dict.fromkeys(self.string)) < len(self.string):
+            self.string = list(unique)
+        if len(self.reference) > 1 and len(unique := dict.fromkeys(self.reference)) < len(self.reference):
+            self.reference = list(unique)
+        if len(self.date) > 1 and len(unique := dict.fromkeys(self.date)) < len(self.date):
+            self.date = list(unique)
+        if len(self.number) > 1 and len(unique := dict.fromkeys(self.number)) < len(self.number):
+            self.number = list(unique)
+        if len(self.quantity) > 1 and len(unique := dict.fromkeys(self.quantity)) < len(self.quantity):
+            self.quantity = list(unique)
+        if len(self.uri) > 1 and len(unique := dict.fromkeys(self.uri)) < len(self.uri):
+            self.uri = list(unique)
 
     def __bool__(self) -> bool:
         return any(getattr(self, name) for name in _TABLES)
@@ -138,8 +157,27 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+#: Memo tables of the pure string functions below (display texts, references and dates repeat
+#: across resources: a LOINC display, ``Patient/…`` of every resource of a patient): bounded by
+#: emptying them when full; strings longer than ``_MEMO_MAX_LEN`` are not remembered.
+_MEMO_SIZE = 20_000
+_MEMO_MAX_LEN = 128
+_normalized: dict[str, str] = {}
+
+
 def normalize_string(value: str) -> str:
     """The string-index form: case-folded, accents stripped, whitespace collapsed."""
+    out = _normalized.get(value)
+    if out is None:
+        out = _normalize(value)
+        if len(value) <= _MEMO_MAX_LEN:
+            if len(_normalized) >= _MEMO_SIZE:
+                _normalized.clear()
+            _normalized[value] = out
+    return out
+
+
+def _normalize(value: str) -> str:
     if value.isascii():
         return " ".join(value.lower().split())
     decomposed = unicodedata.normalize("NFKD", value.casefold())
@@ -150,8 +188,22 @@ def normalize_string(value: str) -> str:
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 
 
+_targets: dict[str, tuple[str | None, str | None]] = {}
+
+
 def reference_target(reference: str) -> tuple[str | None, str | None]:
     """(type, id) of a literal reference, relative or absolute; (None, None) if not parseable."""
+    out = _targets.get(reference)
+    if out is None:
+        out = _reference_target(reference)
+        if len(reference) <= _MEMO_MAX_LEN:
+            if len(_targets) >= _MEMO_SIZE:
+                _targets.clear()
+            _targets[reference] = out
+    return out
+
+
+def _reference_target(reference: str) -> tuple[str | None, str | None]:
     if reference.startswith(("urn:", "#")):
         return None, None
     m = _REFERENCE.search(reference)
@@ -203,21 +255,37 @@ def _token_codeable_concept(rows: IndexRows, code: str, value: Any) -> None:
         return
     codings = value.get("coding")
     if isinstance(codings, list):
-        for coding in codings:
-            _token_coding(rows, code, coding)
-    text = _str(value.get("text"))
-    if text:
-        rows.token.append((code, None, None, normalize_string(text)))
+        out = rows.token
+        for coding in codings:  # _token_coding, inlined
+            if coding.__class__ is dict:
+                system, c, display = coding.get("system"), coding.get("code"), coding.get("display")
+                if system.__class__ is not str or not system:
+                    system = None
+                if c.__class__ is not str or not c:
+                    c = None
+                if display.__class__ is not str or not display:
+                    display = None
+                if system or c or display:
+                    out.append(
+                        (code, system, c, (_normalized.get(display) or normalize_string(display)) if display else None)
+                    )
+    text = value.get("text")
+    if isinstance(text, str) and text:
+        rows.token.append((code, None, None, _normalized.get(text) or normalize_string(text)))
 
 
 def _token_identifier(rows: IndexRows, code: str, value: Any) -> None:
     if not isinstance(value, dict):
         return
-    system, v = _str(value.get("system")), _str(value.get("value"))
+    system, v = value.get("system"), value.get("value")
+    if not isinstance(system, str) or not system:
+        system = None
+    if not isinstance(v, str) or not v:
+        v = None
     if system or v:
         typ = value.get("type")
         text = _str(typ.get("text")) if isinstance(typ, dict) else None
-        rows.token.append((code, system, v, normalize_string(text) if text else None))
+        rows.token.append((code, system, v, (_normalized.get(text) or normalize_string(text)) if text else None))
         codings = typ.get("coding") if isinstance(typ, dict) and v else None
         if isinstance(codings, list):
             for coding in codings:
@@ -235,7 +303,7 @@ def _token_contact_point(rows: IndexRows, code: str, value: Any) -> None:
 
 def _string_primitive(rows: IndexRows, code: str, value: Any) -> None:
     if isinstance(value, str) and value:
-        rows.string.append((code, normalize_string(value), value))
+        rows.string.append((code, _normalized.get(value) or normalize_string(value), value))
 
 
 def _string_parts(keys: Sequence[str]) -> Emit:
@@ -249,7 +317,7 @@ def _string_parts(keys: Sequence[str]) -> Emit:
                 continue
             for p in part if isinstance(part, list) else (part,):
                 if isinstance(p, str) and p:
-                    out.append((code, normalize_string(p), p))
+                    out.append((code, _normalized.get(p) or normalize_string(p), p))
 
     return emit
 
@@ -259,7 +327,7 @@ def _reference_reference(rows: IndexRows, code: str, value: Any) -> None:
         return
     ref = value.get("reference")
     if isinstance(ref, str) and ref and not ref.startswith("#"):
-        rtype, rid = reference_target(ref)
+        rtype, rid = _targets.get(ref) or reference_target(ref)
         rows.reference.append((code, rtype, rid, ref))
     ident = value.get("identifier")
     if isinstance(ident, dict):
@@ -298,11 +366,27 @@ def _epoch_day(y: int, m: int, d: int) -> int:
     return days - 719162  # 719162 = days from 0001-01-01 to 1970-01-01
 
 
+_ranges: dict[str, tuple[float, float] | None] = {}
+_UNSET: Any = object()
+
+
 def date_range(value: str) -> tuple[float, float] | None:
     """[low, high) in UTC epoch seconds of a FHIR date/dateTime/instant, covering its precision.
 
     No time zone means UTC. None if the string is not a FHIR date.
     """
+    out = _ranges.get(value, _UNSET)
+    if out is not _UNSET:
+        return out
+    out = _date_range(value)
+    if len(value) <= _MEMO_MAX_LEN:
+        if len(_ranges) >= _MEMO_SIZE:
+            _ranges.clear()
+        _ranges[value] = out
+    return out
+
+
+def _date_range(value: str) -> tuple[float, float] | None:
     m = _DATE.fullmatch(value)
     if m is None:
         return None
@@ -342,7 +426,7 @@ def date_range(value: str) -> tuple[float, float] | None:
 
 def _date_primitive(rows: IndexRows, code: str, value: Any) -> None:
     if isinstance(value, str):
-        rng = date_range(value)
+        rng = _ranges.get(value) or date_range(value)
         if rng is not None:
             rows.date.append((code, rng[0], rng[1]))
 
@@ -410,10 +494,23 @@ def _number_primitive(rows: IndexRows, code: str, value: Any) -> None:
 
 def _quantity(rows: IndexRows, code: str, value: Any) -> None:
     if isinstance(value, dict):
-        n = _number(value.get("value"))
-        if n is not None:
-            system, unit = _str(value.get("system")), _str(value.get("unit"))
-            rows.quantity.append((code, n, system, _str(value.get("code")), unit))
+        n = value.get("value")
+        if isinstance(n, bool):  # _number, inlined
+            return
+        if isinstance(n, int):
+            n = Decimal(n)
+        elif not isinstance(n, Decimal | float):
+            return
+        system, c, unit = value.get("system"), value.get("code"), value.get("unit")
+        rows.quantity.append(
+            (
+                code,
+                n,
+                system if isinstance(system, str) and system else None,
+                c if isinstance(c, str) and c else None,
+                unit if isinstance(unit, str) and unit else None,
+            )
+        )
 
 
 def _money(rows: IndexRows, code: str, value: Any) -> None:
@@ -715,13 +812,16 @@ class _Branch(NamedTuple):
     """Values of one static type: ``fn(context) -> list``.
 
     ``root``: fn is the identity; ``key``: the context's JSON property every value comes from
-    (None when not known), so extraction can skip branches whose property is absent.
+    (None when not known), so extraction can skip branches whose property is absent;
+    ``path``: when fn only walks JSON properties from the context (``Patient.name.given``:
+    ``("name", "given")``), their names, so extraction can generate that walk inline.
     """
 
     type: str
     fn: Fn
     root: bool = False
     key: str | None = None
+    path: tuple[str, ...] | None = None
 
 
 _RESOLVED = "@resolved"  # pseudo-type: resource type names produced by resolve()
@@ -740,7 +840,7 @@ def _child_step(parent: _Branch, key: str, type_name: str) -> _Branch:
                 return []
             return v if isinstance(v, list) else [v]
 
-        return _Branch(type_name, at_root, False, key)
+        return _Branch(type_name, at_root, False, key, (key,))
     f = parent.fn
 
     def step(x: Any) -> list[Any]:
@@ -755,7 +855,7 @@ def _child_step(parent: _Branch, key: str, type_name: str) -> _Branch:
                         out.append(v)
         return out
 
-    return _Branch(type_name, step, False, parent.key)
+    return _Branch(type_name, step, False, parent.key, None if parent.path is None else (*parent.path, key))
 
 
 def _constant(value: Any) -> Fn:
@@ -976,7 +1076,7 @@ class _Compiler:
         raise CompileError(f"operator {node.op} is not supported")
 
     def predicate(self, node: _Node, item_type: str) -> Callable[[Any], bool]:
-        fast = self.field_equals(node, item_type)
+        fast = self.field_equals(node, item_type) or self.resolves_to(node, item_type)
         if fast is not None:
             return fast
         branches = self.compile(node, [_Branch(item_type, _identity, True)], item_type)
@@ -1006,6 +1106,34 @@ class _Compiler:
             return isinstance(v, str) and v == literal
 
         return equals
+
+    def resolves_to(self, node: _Node, item_type: str) -> Callable[[Any], bool] | None:
+        """``where(resolve() is Patient)`` on a Reference: the type read from the reference, no lists."""
+        if not (
+            isinstance(node, _TypeOp)
+            and node.op == "is"
+            and isinstance(node.operand, _Call)
+            and node.operand.target is None
+            and node.operand.name == "resolve"
+            and not node.operand.args
+            and self.types.is_a(item_type, "Reference")
+        ):
+            return None
+        types, wanted = self.types, self.types.canonical_name(node.type_name)
+        known: dict[str, bool] = {}
+
+        def resolves(item: Any) -> bool:
+            rtype = _reference_type(item)
+            if rtype is None:
+                return False
+            found = known.get(rtype)
+            if found is None:
+                found = types.is_a(rtype, wanted)
+                if len(known) < 1000:
+                    known[rtype] = found
+            return found
+
+        return resolves
 
     def call(self, node: _Call, focus: list[_Branch], context_type: str) -> list[_Branch]:
         target = focus if node.target is None else self.compile(node.target, focus, context_type)
@@ -1200,85 +1328,185 @@ def fhirpath_values(resource: Mapping[str, Any], expression: str) -> list[tuple[
 _ON_RESOURCE = "%resource."
 
 
+#: One component of a composite: (row name, parts, item keys, tables); see :class:`_CompositeItems`.
+_Component = tuple[str, tuple[tuple[Fn, Emit, bool], ...], tuple[str, ...] | None, tuple[str, ...]]
+#: The rows of one matching item: ``(table, rows)`` per component, codes relative (``:k``).
+_ItemRows = list[tuple[str, list[Row]]]
+#: (expression text, context type) -> compiled; shared by the parameters of one resource type.
+_CompileCache = dict[tuple[str, str], "CompiledExpression"]
+
+
+class _CompositeItems:
+    """The items of one branch of a composite's expression and their component values.
+
+    ``components`` lists, last first, ``(row name, parts, item keys, tables)``: the row name is
+    relative (``:k``, the parameter code is prefixed when the rows are stored); each part a
+    ``(values fn, row builder, evaluated on the resource)`` triple; ``item keys`` (when every
+    part reads a known JSON property of the item, else None) lets an item lacking all of them
+    be skipped without evaluating anything; ``tables`` are the index tables the component's row
+    builders write. Composites with the same items and components (``code-value-quantity`` and
+    the first branch of ``combo-code-value-quantity``) share one instance, evaluated once per
+    resource.
+    """
+
+    __slots__ = ("components", "fn", "key", "needs")
+
+    def __init__(self, fn: Fn, key: str | None, components: Sequence[_Component], root: bool):
+        self.fn = fn
+        self.key = key
+        self.components = tuple(components)
+        #: resource properties of which one must be present for any item to match (None: unknown)
+        self.needs: tuple[str, ...] | None = (key,) if key is not None else None
+        if root and self.components:  # the item is the resource: its first component's keys
+            self.needs = self.components[0][2]
+
+    def __call__(self, resource: Mapping[str, Any]) -> list[_ItemRows]:
+        """The rows of every item that has a value for every component, in item order."""
+        out: list[_ItemRows] = []
+        for item in self.fn(resource):
+            # values first, last component first (usually the value[x], present on few items):
+            # an item lacking a component has no composite value, so stop at the first gap
+            found: list[tuple[str, list[tuple[Emit, Any]], tuple[str, ...]]] = []
+            for name, parts, item_keys, tables in self.components:
+                if item_keys is not None and (not isinstance(item, dict) or item.keys().isdisjoint(item_keys)):
+                    break  # the parts would find nothing
+                values = [
+                    (emit, v)
+                    for fn, emit, on_resource in parts
+                    for v in fn(resource if on_resource else item)
+                    if v is not None
+                ]
+                if not values:
+                    break
+                found.append((name, values, tables))
+            else:
+                item_rows: _ItemRows = []
+                scratch = IndexRows([], [], [], [], [], [], [])
+                for name, values, tables in found:
+                    for emit, value in values:
+                        emit(scratch, name, value)
+                    empty = True
+                    for table in tables:
+                        part = getattr(scratch, table)
+                        if not part:
+                            continue
+                        setattr(scratch, table, [])  # the next component's rows start afresh
+                        if table == "token":
+                            # a composite component matches on system/code, never on text: no text rows
+                            part = [(r[0], r[1], r[2], None) for r in part if r[2] is not None]
+                        if part:
+                            item_rows.append((table, part))
+                            empty = False
+                    if empty:
+                        break
+                else:
+                    out.append(item_rows)
+        return out
+
+
 class _CompositePlan:
     """The compiled extraction of one composite parameter on one resource type.
 
-    ``items`` holds, per branch of the composite's expression, the item selector, the JSON
-    property it reads (None: always evaluated) and per component, last first, ``(param name,
-    parts)``, each part a ``(values fn, row builder, evaluated on the resource)`` triple.
+    ``items``: one :class:`_CompositeItems` per branch of the composite's expression. The rows of
+    the k-th component are stored as ``code:k`` with the item's number (from 1, over all branches)
+    as ``grp``.
     """
 
     __slots__ = ("code", "items")
 
-    def __init__(
-        self,
-        code: str,
-        items: Sequence[tuple[Fn, str | None, tuple[tuple[str, tuple[tuple[Fn, Emit, bool], ...]], ...]]],
-    ):
+    def __init__(self, code: str, items: Sequence[_CompositeItems]):
         self.code = code
         self.items = tuple(items)
 
-    def __call__(self, resource: Mapping[str, Any], rows: IndexRows) -> None:
+    def __call__(
+        self, resource: Mapping[str, Any], rows: IndexRows, memo: dict[_CompositeItems, list[_ItemRows]]
+    ) -> None:
+        """Append the rows to ``rows``; ``memo`` holds the items already evaluated on ``resource``."""
         grp = 0
-        for item_fn, key, components in self.items:
-            if key is not None and key not in resource:
+        code = self.code
+        for items in self.items:
+            needs = items.needs
+            if needs is not None and resource.keys().isdisjoint(needs):
                 continue
-            for item in item_fn(resource):
-                # values first, last component first (usually the value[x], present on few items):
-                # an item lacking a component has no composite value, so stop at the first gap
-                found: list[tuple[str, list[tuple[Emit, Any]]]] = []
-                for name, parts in components:
-                    values = [
-                        (emit, v) for fn, emit, on_resource in parts for v in fn(resource if on_resource else item)
-                    ]
-                    if not values:
-                        break
-                    found.append((name, values))
-                else:
-                    scratches = []
-                    for name, values in found:
-                        scratch = IndexRows()
-                        for emit, value in values:
-                            if value is not None:
-                                emit(scratch, name, value)
-                        # a composite component matches on system/code, never on text: no text rows
-                        scratch.token = [(r[0], r[1], r[2], None) for r in scratch.token if r[2] is not None]
-                        if not scratch:
-                            break
-                        scratches.append(scratch)
-                    else:
-                        grp += 1
-                        for scratch in scratches:
-                            for table in _TABLES:
-                                part = getattr(scratch, table)
-                                if part:
-                                    getattr(rows, table).extend((*row, grp) for row in part)
+            found = memo.get(items)
+            if found is None:
+                found = memo[items] = items(resource)
+            for item_rows in found:
+                grp += 1
+                for table, part in item_rows:
+                    getattr(rows, table).extend([(code + row[0], *row[1:], grp) for row in part])
+
+
+#: The index tables each parameter type's row builders write (a Reference with an identifier
+#: also gives a token row), in ``_TABLES`` order.
+_PARAM_TABLES: Mapping[str, tuple[str, ...]] = {
+    "token": ("token",),
+    "string": ("string",),
+    "reference": ("token", "reference"),
+    "date": ("date",),
+    "number": ("number",),
+    "quantity": ("quantity",),
+    "uri": ("uri",),
+}
+
+
+def _compile_cached(cache: _CompileCache, text: str, context_type: str, types: TypeModel) -> CompiledExpression:
+    compiled = cache.get((text, context_type))
+    if compiled is None:
+        compiled = cache[(text, context_type)] = compile_expression(text, context_type, types)
+    return compiled
 
 
 def _compile_composite(
-    registry: Registry, resource_type: str, param: SearchParam, expression: str
+    registry: Registry,
+    resource_type: str,
+    param: SearchParam,
+    expression: str,
+    cache: _CompileCache,
+    shared: dict[tuple[Any, ...], _CompositeItems],
 ) -> _CompositePlan | None:
-    """The extraction plan of a composite, or None when a component is unknown or not compilable."""
+    """The extraction plan of a composite, or None when a component is unknown or not compilable.
+
+    ``cache`` and ``shared`` (by signature) let composites of one type share compiled functions
+    and :class:`_CompositeItems`.
+    """
     types = registry.types
     items = []
     try:
-        for branch in compile_expression(expression, resource_type, types).branches:
-            components = []
-            for k, (definition, comp_expression) in enumerate(param.components):
-                component = registry.by_url(definition)
-                if component is None:
-                    log.warning("composite %s: component %s is not defined", param.url, definition)
-                    return None
-                on_resource = comp_expression.startswith(_ON_RESOURCE)
-                text = comp_expression[len(_ON_RESOURCE) :] if on_resource else comp_expression
-                compiled = compile_expression(text, resource_type if on_resource else branch.type, types)
-                parts = []
-                for b in compiled.branches:
-                    emit = _emitter(types, component.type, b.type)
-                    if emit is not None:
-                        parts.append((b.fn, emit, on_resource))
-                components.append((f"{param.code}:{k}", tuple(parts)))
-            items.append((branch.fn, branch.key, tuple(reversed(components))))
+        definitions = []
+        for definition, comp_expression in param.components:
+            component = registry.by_url(definition)
+            if component is None:
+                log.warning("composite %s: component %s is not defined", param.url, definition)
+                return None
+            definitions.append((component.type, comp_expression))
+        for union_part in split_union(expression):
+            for branch in _compile_cached(cache, union_part, resource_type, types).branches:
+                signature = (branch.fn, branch.type, branch.key, tuple(definitions))
+                if signature in shared:
+                    items.append(shared[signature])
+                    continue
+                components: list[_Component] = []
+                for k, (component_type, comp_expression) in enumerate(definitions):
+                    on_resource = comp_expression.startswith(_ON_RESOURCE)
+                    text = comp_expression[len(_ON_RESOURCE) :] if on_resource else comp_expression
+                    compiled = _compile_cached(cache, text, resource_type if on_resource else branch.type, types)
+                    parts = []
+                    item_keys: list[str] | None = None if on_resource else []
+                    for b in compiled.branches:
+                        emit = _emitter(types, component_type, b.type)
+                        if emit is not None:
+                            parts.append((b.fn, emit, on_resource))
+                            if item_keys is not None:
+                                item_keys = None if b.key is None else [*item_keys, b.key]
+                    keys = None if item_keys is None else tuple(item_keys)
+                    tables = _PARAM_TABLES.get(component_type, _TABLES)
+                    components.append((f":{k}", tuple(parts), keys, tables))
+                items.append(
+                    shared.setdefault(
+                        signature, _CompositeItems(branch.fn, branch.key, tuple(reversed(components)), branch.root)
+                    )
+                )
     except CompileError as exc:
         log.warning("composite search parameter %s on %s is not indexed: %s", param.code, resource_type, exc)
         return None
@@ -1289,16 +1517,115 @@ def _compile_composite(
 # Per-resource-type extractors
 
 
+#: The branches of one values fn within a type's plan: (fn, JSON path walked by fn or None,
+#: ``(code, row builder)`` targets).
+_Group = tuple[Fn, tuple[str, ...] | None, tuple[tuple[str, Emit], ...]]
+_Handler = Callable[[dict[str, Any], IndexRows], None]
+
+
+def _generate_handlers(resource_type: str, by_key: Mapping[str, Sequence[_Group]]) -> tuple[str, dict[str, _Handler]]:
+    """Python source of one function per top-level JSON property, and those functions.
+
+    ``handler(resource, rows)`` (``resource`` a dict that has the property) does what the groups
+    of that property do, in order: for each group its values (a JSON path walked inline, each
+    path prefix once per call, or the compiled fn called), then each target's row builder on
+    each value (the property's own single value is passed as is, without a list). Names of
+    functions and codes are literals or globals of the generated module.
+    """
+    env: dict[str, Any] = {}
+    names: dict[int, str] = {}
+
+    def ref(obj: Any, prefix: str) -> str:
+        name = names.get(id(obj))
+        if name is None:
+            name = names[id(obj)] = f"{prefix}{len(names)}"
+            env[name] = obj
+        return name
+
+    lines: list[str] = []
+    functions: dict[str, str] = {}
+    for key, groups in by_key.items():
+        function = functions[key] = f"_key{len(functions)}"
+        body: list[str] = []
+        walked: dict[tuple[str, ...], str] = {}
+
+        def walk(path: tuple[str, ...], body: list[str] = body, walked: dict[tuple[str, ...], str] = walked) -> str:
+            var = walked.get(path)
+            if var is not None:
+                return var
+            if len(path) == 1:
+                var = f"v{len(walked)}"
+                body.append(f"    {var} = () if raw is None else raw if isinstance(raw, list) else (raw,)")
+            else:
+                parent = walk(path[:-1])
+                var = f"v{len(walked)}"
+                body += [
+                    f"    {var} = []",
+                    f"    for item in {parent}:",
+                    "        if isinstance(item, dict):",
+                    f"            x = item.get({path[-1]!r})",
+                    "            if x is not None:",
+                    "                if isinstance(x, list):",
+                    f"                    {var}.extend(x)",
+                    "                else:",
+                    f"                    {var}.append(x)",
+                ]
+            walked[path] = var
+            return var
+
+        for fn, path, targets in groups:
+            if path == (key,) and (key,) not in walked:  # the property's own value: no list for one value
+                body.append("    if isinstance(raw, list):")
+                for code, emit in targets:
+                    body += [
+                        "        for value in raw:",
+                        "            if value is not None:",
+                        f"                {ref(emit, '_emit')}(rows, {code!r}, value)",
+                    ]
+                body.append("    elif raw is not None:")
+                body += [f"        {ref(emit, '_emit')}(rows, {code!r}, raw)" for code, emit in targets]
+                continue
+            if path is not None and path[0] == key:
+                values = walk(path)
+            else:
+                values = "values"
+                body.append(f"    values = {ref(fn, '_fn')}(resource)")
+            body.append(f"    if {values}:")
+            for code, emit in targets:
+                body += [
+                    f"        for value in {values}:",
+                    "            if value is not None:",
+                    f"                {ref(emit, '_emit')}(rows, {code!r}, value)",
+                ]
+        lines += [f"def {function}(resource, rows):  # {key!r}", f"    raw = resource[{key!r}]", *body, ""]
+    source = "\n".join(lines)
+    exec(compile(source, f"<search index extractor of {resource_type}>", "exec"), env)
+    return source, {key: env[function] for key, function in functions.items()}
+
+
 class TypeExtractor:
     """All index extractors of one resource type, compiled once; call it with a resource.
 
     ``plan`` lists ``(code, values fn, row builder)`` per compiled branch. Identical union
     branches of different parameters (``Observation.code`` in ``code`` and ``combo-code``) share
     one compiled function, and functions are grouped by the top-level JSON property they read,
-    so a resource only pays for the properties it has.
+    so a resource only pays for the properties it has. ``source`` is the Python code generated
+    for those groups (see :func:`_generate_handlers`), used for dict resources; any other
+    Mapping goes through the closures.
     """
 
-    __slots__ = ("__weakref__", "_always", "_by_key", "composites", "fallbacks", "plan", "resource_type", "types")
+    __slots__ = (
+        "__weakref__",
+        "_always",
+        "_by_key",
+        "_handlers",
+        "composites",
+        "fallbacks",
+        "plan",
+        "resource_type",
+        "source",
+        "types",
+    )
 
     def __init__(self, resource_type: str, registry: Registry):
         self.resource_type = resource_type
@@ -1306,20 +1633,21 @@ class TypeExtractor:
         plan: list[tuple[str, Fn, Emit]] = []
         fallbacks: list[tuple[SearchParam, str]] = []
         composites: list[_CompositePlan] = []
+        cache: _CompileCache = {}
+        shared: dict[tuple[Any, ...], _CompositeItems] = {}
         compiled: dict[str, CompiledExpression] = {}
         for code, param in sorted(registry.params_for(resource_type).items()):
             expression = param.expression_for(resource_type)
             if param.type == "special" or not expression or code in RESOURCE_COLUMNS:
                 continue  # near (special), expression-less and resources-table parameters are not indexed
             if param.type == "composite":
-                composite = _compile_composite(registry, resource_type, param, expression)
+                composite = _compile_composite(registry, resource_type, param, expression, cache, shared)
                 if composite is not None:
                     composites.append(composite)
                 continue
             try:
                 for text in split_union(expression):
-                    if text not in compiled:
-                        compiled[text] = compile_expression(text, resource_type, self.types)
+                    compiled[text] = _compile_cached(cache, text, resource_type, self.types)
             except CompileError as exc:
                 log.info("search parameter %s on %s falls back to fhirpathpy: %s", code, resource_type, exc)
                 fallbacks.append((param, expression))
@@ -1329,28 +1657,37 @@ class TypeExtractor:
                     emit = _emitter(self.types, param.type, branch.type)
                     if emit is not None:
                         plan.append((code, branch.fn, emit))
-        keys = {b.fn: b.key for c in compiled.values() for b in c.branches}
+        branches = {b.fn: b for c in compiled.values() for b in c.branches}
         groups: dict[Fn, list[tuple[str, Emit]]] = {}
         for code, fn, emit in plan:
             groups.setdefault(fn, []).append((code, emit))
-        by_key: dict[str, list[tuple[Fn, tuple[tuple[str, Emit], ...]]]] = {}
+        by_key: dict[str, list[_Group]] = {}
         always: list[tuple[Fn, tuple[tuple[str, Emit], ...]]] = []
         for fn, targets in groups.items():
-            key = keys[fn]
-            (always if key is None else by_key.setdefault(key, [])).append((fn, tuple(targets)))
+            key = branches[fn].key
+            if key is None:
+                always.append((fn, tuple(targets)))
+            else:
+                by_key.setdefault(key, []).append((fn, branches[fn].path, tuple(targets)))
         self.plan = tuple(plan)
         self.composites = tuple(composites)
         self.fallbacks = tuple(fallbacks)
         self._by_key = {k: tuple(v) for k, v in by_key.items()}
         self._always = tuple(always)
+        self.source, self._handlers = _generate_handlers(resource_type, self._by_key)
 
     def __call__(self, resource: Mapping[str, Any]) -> IndexRows:
-        rows = IndexRows()
-        by_key = self._by_key
-        for key in resource:
-            groups = by_key.get(key)
-            if groups is not None:
-                for fn, targets in groups:
+        rows = IndexRows([], [], [], [], [], [], [])
+        if isinstance(resource, dict):
+            handlers = self._handlers
+            for key in resource:
+                handler = handlers.get(key)
+                if handler is not None:
+                    handler(resource, rows)
+        else:  # the generated handlers read dicts only; a Mapping takes the closures
+            by_key = self._by_key
+            for key in resource:
+                for fn, _, targets in by_key.get(key, ()):
                     values = fn(resource)
                     if values:
                         for code, emit in targets:
@@ -1364,8 +1701,10 @@ class TypeExtractor:
                     for value in values:
                         if value is not None:
                             emit(rows, code, value)
-        for composite in self.composites:
-            composite(resource, rows)
+        if self.composites:
+            memo: dict[_CompositeItems, list[_ItemRows]] = {}
+            for composite in self.composites:
+                composite(resource, rows, memo)
         for param, expression in self.fallbacks:
             try:
                 values = fhirpath_values(resource, expression)
@@ -1380,12 +1719,20 @@ class TypeExtractor:
 _extractors: weakref.WeakKeyDictionary[Registry, dict[str, TypeExtractor]] = weakref.WeakKeyDictionary()
 
 
+#: The extractors of the registry used last (most often the only one): skips the weak lookup.
+_last_used: list[tuple[weakref.ref[Registry], dict[str, TypeExtractor]] | None] = [None]
+
+
 def extractor_for(resource_type: str, registry: Registry | None = None) -> TypeExtractor:
     """The compiled extractors of ``resource_type`` (built on first use, then cached)."""
     reg = registry if registry is not None else default_registry()
-    per_type = _extractors.get(reg)
-    if per_type is None:
-        per_type = _extractors[reg] = {}
+    last = _last_used[0]
+    if last is not None and last[0]() is reg:
+        per_type = last[1]
+    else:
+        known = _extractors.get(reg)
+        per_type = known if known is not None else _extractors.setdefault(reg, {})
+        _last_used[0] = (weakref.ref(reg), per_type)
     extractor = per_type.get(resource_type)
     if extractor is None:
         extractor = per_type[resource_type] = TypeExtractor(resource_type, reg)
@@ -1397,6 +1744,11 @@ def extract(resource: Mapping[str, Any], registry: Registry | None = None) -> In
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         raise ValueError("resource has no resourceType")
+    last = _last_used[0]  # extractor_for's first lookup, inlined: this runs for every resource written
+    if last is not None and last[0]() is (registry if registry is not None else default_registry()):
+        extractor = last[1].get(rtype)
+        if extractor is not None:
+            return extractor(resource)
     return extractor_for(rtype, registry)(resource)
 
 

@@ -429,6 +429,88 @@ def test_composite_and_special_give_no_rows(registry: Registry) -> None:
     assert "code-value-quantity" not in codes and "near" not in codes
 
 
+def test_composite_rows_per_item(registry: Registry) -> None:
+    """Composites sharing items (code-value-quantity and combo's first branch) keep their own codes and groups."""
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}], "text": "BP"},
+        "valueQuantity": {"value": 1, "system": "http://unitsofmeasure.org", "code": "1"},
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}, "valueQuantity": {"value": 120}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]}},  # no value: no group
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]}, "valueQuantity": {"value": 80}},
+        ],
+    }
+    rows = extract(obs, registry)
+    loinc, ucum = "http://loinc.org", "http://unitsofmeasure.org"
+    assert rows.only("code-value-quantity").token == [("code-value-quantity:0", loinc, "85354-9", None, 1)]
+    assert rows.only("code-value-quantity").quantity == [("code-value-quantity:1", Decimal(1), ucum, "1", None, 1)]
+    assert rows.only("combo-code-value-quantity").token == [
+        ("combo-code-value-quantity:0", loinc, "85354-9", None, 1),
+        ("combo-code-value-quantity:0", loinc, "8480-6", None, 2),
+        ("combo-code-value-quantity:0", loinc, "8462-4", None, 3),
+    ]
+    assert [r[1] for r in rows.only("combo-code-value-quantity").quantity] == [1, 120, 80]
+    assert rows.only("component-code-value-quantity").token == [
+        ("component-code-value-quantity:0", loinc, "8480-6", None, 1),
+        ("component-code-value-quantity:0", loinc, "8462-4", None, 2),
+    ]
+    assert [r[-1] for r in rows.only("component-code-value-quantity").quantity] == [1, 2]
+    assert not rows.only("code-value-concept") and not rows.only("combo-code-value-concept")
+
+
+def test_generated_handlers_match_the_compiled_functions(registry: Registry) -> None:
+    """The per-type generated code walks JSON paths inline: same rows as the compiled closures."""
+    ref = {"reference": "Device/d1"}
+    claim = {
+        "resourceType": "Claim",
+        "status": "active",
+        "patient": {"reference": "Patient/p1", "identifier": {"system": "urn:s", "value": "v"}},
+        "item": [
+            {"encounter": [{"reference": "Encounter/e1"}], "udi": [ref]},
+            {"detail": [{"udi": [ref, {"reference": "Device/d2"}], "subDetail": [{"udi": [ref]}, "odd"]}]},
+            None,
+            "not an object",
+        ],
+        "meta": {"tag": [{"system": "urn:t", "code": "x"}], "profile": ["http://p"]},
+    }
+    patient = {
+        "resourceType": "Patient",
+        "name": [{"family": "Ñandú", "given": ["A", "B"]}, {"text": "x"}],
+        "telecom": [{"system": "phone", "value": "1"}, {"system": "email", "value": "a@b"}],
+        "address": {"city": "not a list"},
+    }
+    for resource in (claim, patient):
+        extractor = extractor_for(resource["resourceType"], registry)
+        expected = IndexRows()
+        for code, fn, emit in extractor.plan:
+            for value in fn(resource):
+                if value is not None:
+                    emit(expected, code, value)
+        got = extractor(resource)
+        for table in TABLES:
+            assert set(getattr(got, table)) == set(getattr(expected, table)), (resource["resourceType"], table)
+    source = extractor_for("Claim", registry).source
+    assert "'subDetail'" in source and "'udi'" in source  # walked inline, not by calling the closures
+    assert ("subdetail-udi", "Device", "d1", "Device/d1") in extract(claim, registry).reference
+
+
+def test_memo_tables_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.search import extract as module
+
+    monkeypatch.setattr(module, "_MEMO_SIZE", 10)
+    for i in range(50):
+        assert normalize_string(f"Äb  {i}") == f"ab {i}"
+        assert reference_target(f"Patient/{i}") == ("Patient", str(i))
+        assert date_range(f"20{i:02d}") is not None
+    assert date_range("2020-13") is None and date_range("2020-13") is None  # misses are remembered too
+    for table in (module._normalized, module._targets, module._ranges):
+        assert 0 < len(table) <= 10
+    long = "x" * (module._MEMO_MAX_LEN + 1)
+    assert normalize_string(long) == long and long not in module._normalized
+
+
 def test_extract_needs_a_resource_type(registry: Registry) -> None:
     with pytest.raises(ValueError, match="resourceType"):
         extract({"id": "x"}, registry)
