@@ -32,6 +32,13 @@ What it measures (http://hl7.org/fhir/R4/search.html)
     has          Patient?_has:Observation:patient:code=CODE
     composite    Observation?code-value-quantity=http://loinc.org|8302-2$gt180
     page5        the 5th page of Observation?code=CODE&_count=50 (following next links)
+    ref+token    Observation?subject=Patient/ID&code=http://loinc.org|CODE  (a frequent code, one patient)
+    ref+rare     Observation?subject=Patient/BIG&code=http://loinc.org|RARE (a patient with many
+                 Observations, a code few of them have)
+    pat+cat      Observation?patient=ID&category=laboratory
+    cat+code     Observation?category=laboratory&code=http://loinc.org|CODE  (two frequent tokens)
+    code+date    Observation?code=CODE&date=geY-01-01
+    compartment  Patient/ID/Observation?code=http://loinc.org|CODE       (compartment search)
 
     Goals (issue 3): token first page p50 <= 10 ms, chain p50 <= 50 ms on the 10x set, indexing
     >= 3,000 resources/s.
@@ -75,9 +82,10 @@ from server import create_app, jsonio  # noqa: E402  # the repository root is pu
 from server.config import Config  # noqa: E402
 from server.fhir.context import FhirContext  # noqa: E402
 from server.fhir.load import default_workers, load  # noqa: E402
-from server.fhir.search import search  # noqa: E402
+from server.fhir.search import search, search_compartment  # noqa: E402
+from server.search.compartments import compartments  # noqa: E402
 from server.search.extract import extract  # noqa: E402
-from server.search.query import page_sql, parse_search  # noqa: E402
+from server.search.query import compartment_clause, page_sql, parse_search  # noqa: E402
 from server.search.reindex import reindex  # noqa: E402
 
 SYNTHEA = REPO.parent / "shared" / "data" / "synthea" / "smart-sample-100.tgz"
@@ -165,6 +173,18 @@ def _queries(bundles: list[list[dict[str, Any]]], scale: int, rng: random.Random
     )
     frequent = [c for c, _ in codes.most_common(12)]
     patients = [r for r in resources if r["resourceType"] == "Patient"]
+    per_patient = Counter(
+        r["subject"]["reference"] for r in resources if r["resourceType"] == "Observation" and "subject" in r
+    )
+    big = [ref for ref, _ in per_patient.most_common(5)]
+    mine = Counter(
+        c["code"]
+        for r in resources
+        if r["resourceType"] == "Observation" and r.get("subject", {}).get("reference") in big
+        for c in r.get("code", {}).get("coding", [])
+        if c.get("system") == "http://loinc.org"
+    )
+    rare = sorted(c for c, k in mine.items() if k <= 3)[:12] or [c for c, _ in codes.most_common()[-12:]]
     suffixes = [""] + [f"-c{k}" for k in range(1, scale)]
 
     def pid() -> str:
@@ -185,6 +205,19 @@ def _queries(bundles: list[list[dict[str, Any]]], scale: int, rng: random.Random
         "has": [f"Patient?_has:Observation:patient:code={rng.choice(frequent)}" for _ in range(n)],
         "composite": ["Observation?code-value-quantity=http://loinc.org|8302-2$gt180"] * n,
         "page5": [f"Observation?code={rng.choice(frequent[:3])}&_count=50" for _ in range(n)],
+        "ref+token": [
+            f"Observation?subject=Patient/{pid()}&code=http://loinc.org|{rng.choice(frequent)}" for _ in range(n)
+        ],
+        "ref+rare": [
+            f"Observation?subject={rng.choice(big)}{rng.choice(suffixes)}&code=http://loinc.org|{rng.choice(rare)}"
+            for _ in range(n)
+        ],
+        "pat+cat": [f"Observation?patient={pid()}&category=laboratory" for _ in range(n)],
+        "code+date": [
+            f"Observation?code={rng.choice(frequent)}&date=ge{rng.randint(2000, 2019)}-01-01" for _ in range(n)
+        ],
+        "compartment": [f"Patient/{pid()}/Observation?code=http://loinc.org|{rng.choice(frequent)}" for _ in range(n)],
+        "cat+code": [f"Observation?category=laboratory&code=http://loinc.org|{rng.choice(frequent)}" for _ in range(n)],
     }
 
 
@@ -193,15 +226,23 @@ def _split(query: str) -> tuple[str, list[tuple[str, str]]]:
     return path, parse_qsl(qs, keep_blank_values=True)
 
 
+def _search(ctx: FhirContext, path: str, params: list[tuple[str, str]]) -> dict[str, Any]:
+    """A type-level search, or a compartment search for ``Compartment/id/Type``."""
+    parts = path.split("/")
+    if len(parts) == 3:
+        return search_compartment(ctx, BASE, parts[0], parts[1], parts[2], params)
+    return search(ctx, BASE, path, params)
+
+
 def _page5(ctx: FhirContext, query: str) -> dict[str, Any]:
     path, params = _split(query)
-    bundle = search(ctx, BASE, path, params)
+    bundle = _search(ctx, path, params)
     for _ in range(4):
         nxt = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
         if nxt is None:
             break
         path, params = _split(nxt.removeprefix(BASE + "/"))
-        bundle = search(ctx, BASE, path, params)
+        bundle = _search(ctx, path, params)
     return bundle
 
 
@@ -215,14 +256,14 @@ def run_queries(
         # warm-up: one run of each distinct value's plan
         for q in runs[:3]:
             path, params = _split(q)
-            search(ctx, BASE, path, params)
+            _search(ctx, path, params)
         if explain:
             _explain(ctx, runs[0])
         times, sizes = [], []
         for q in runs:
             path, params = _split(q)
             start = time.perf_counter()
-            bundle = _page5(ctx, q) if name == "page5" else search(ctx, BASE, path, params)
+            bundle = _page5(ctx, q) if name == "page5" else _search(ctx, path, params)
             times.append((time.perf_counter() - start) * 1000)
             sizes.append(len(bundle["entry"]))
         row = {"query": name, "p50": _pct(times, 50), "p99": _pct(times, 99), "entries": statistics.mean(sizes)}
@@ -247,7 +288,10 @@ def _pct(values: list[float], pct: int) -> float:
 
 def _explain(ctx: FhirContext, query: str) -> None:
     path, params = _split(query)
-    parsed = parse_search(ctx.registry, path, params)
+    parts = path.split("/")
+    parsed = parse_search(ctx.registry, parts[-1], params)
+    if len(parts) == 3:
+        parsed.clauses.insert(0, compartment_clause(compartments()[parts[0]], parts[1], parts[2]))
     sql, args = page_sql(parsed, None, 51)
     prefix = "EXPLAIN QUERY PLAN " if ctx.store.dialect == "sqlite" else "EXPLAIN (ANALYZE, BUFFERS) "
     print(f"    -- {query}\n    {sql}")

@@ -46,11 +46,14 @@ Paging and sorting SQL: the page query selects ``(rid, res_type, res_id, sort ke
 key is a correlated ``MIN``/``MAX`` over the parameter's index rows (served from the
 ``(rid, param, grp, value)`` index), computed once per match in a ``MATERIALIZED`` CTE before
 the keyset condition and ``ORDER BY``. Without ``_sort`` the order is ``rid`` (insertion order);
-a search whose clauses are one ``rid IN (index range)`` and any ``EXISTS`` probes is then driven
-by that range (see ``_driven_page_sql``): for one token (``code``, ``system|code``) or one
-``Type/id`` reference the range is already in ``rid`` order, so a page reads about ``_count``
-index entries and resource rows however many resources match, and a next page seeks to its
-cursor; other ranges are read whole and sorted, as before.
+a search whose clauses are index ranges (``rid IN (…)``, a compartment's membership among
+them) and ``EXISTS`` probes is then driven by one range (see ``_driver``: the only one, or by a
+fixed rank one reference target, then ``system|code``, then a bare code), the other ranges
+tested in their ``EXISTS`` form on each match (see ``_driven_page_sql``): for one token
+(``code``, ``system|code``) or one ``Type/id`` reference the range is already in ``rid`` order,
+so a page reads about ``_count`` index entries (more when the probes reject many) however many
+resources match, and a next page seeks to its cursor; other ranges are read whole and sorted.
+Several ranges none of which has a rank are left to the planner, as before.
 
 Result parameters (#return) parsed here: ``_sort`` (several keys, ``-`` for descending; dates
 sort by their low bound ascending and their high bound descending, strings by the normalised
@@ -175,6 +178,13 @@ class Clause:
     rids: tuple[str, list[Any]] | None = None
     #: ``sql`` is a per-candidate ``EXISTS`` probe through a ``(rid, param …)`` index
     probe: bool = False
+    #: the same condition as such a probe (``EXISTS (SELECT 1 FROM idx_… WHERE rid = r.rid …)``) and
+    #: its values, for a ``rids`` clause another clause's range drives (:func:`_driver`)
+    exists: tuple[str, list[Any]] | None = None
+    #: how well ``rids`` drives a page among several ranges, best first (:func:`_driver`): 0 one
+    #: ``Type/id`` reference or one compartment, 1 one bare-id reference, 2 one ``system|code``,
+    #: 3 one bare ``code``; None: not chosen to drive when there is another range
+    drive: int | None = None
 
 
 @dataclass(frozen=True)
@@ -594,7 +604,10 @@ class _Parser:
             sql = f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ? AND ({cond}))"
             return Clause(sql, probe, probe=True)
         sub = f"SELECT rid FROM idx_{table} WHERE param = ?{scope} AND ({cond})"
-        return Clause(f"{a}.rid IN ({sub})", args, rids=(sub, args))
+        exists = f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ? AND ({cond}))"
+        drive = _drive_rank(kind, modifier, values) if table == kind else None
+        probe_args = [sp.code, *[x for _, ps in conds for x in ps]]
+        return Clause(f"{a}.rid IN ({sub})", args, rids=(sub, args), exists=(exists, probe_args), drive=drive)
 
     def missing_clause(self, a: str, sp: SearchParam, scope: str, scope_params: list[Any], raw: str) -> Clause:
         if raw.lower() not in ("true", "false"):
@@ -774,6 +787,20 @@ class _Parser:
         return IncludeSpec(source, name, target, iterate, reverse)
 
 
+def _drive_rank(kind: str, modifier: str | None, values: Sequence[str]) -> int | None:
+    """:attr:`Clause.drive` of a reference or token clause (one value, no modifier but a type)."""
+    if len(values) != 1 or (modifier is not None and not (kind == "reference" and modifier[:1].isupper())):
+        return None
+    if kind == "reference" and not _unescape(values[0]).startswith(("http://", "https://", "urn:")):
+        return 0 if "/" in _unescape(values[0]) or modifier else 1
+    if kind == "token":
+        parts = _split_escaped(values[0], "|")
+        if len(parts) == 1:
+            return 3
+        return None if not "|".join(parts[1:]) else 2 if parts[0] else 3
+    return None
+
+
 def _common(registry: Registry, name: str) -> SearchParam | None:
     """A parameter defined on Resource/DomainResource (system-level search without _type)."""
     for p in registry.all():
@@ -843,8 +870,21 @@ def parse_search(
 
 
 def compartment_clause(compartment: Compartment, owner_id: str, res_type: str) -> Clause:
-    """Membership of ``res_type`` resources in the compartment of ``compartment.code/owner_id``."""
-    return compartments_clause(compartment, res_type, "= ?", [owner_id])
+    """Membership of ``res_type`` resources in the compartment of ``compartment.code/owner_id``.
+
+    When the membership is by reference alone (not the owner itself), the clause is an index
+    range that can drive a page (:attr:`Clause.drive` 0: one owner's compartment is small).
+    """
+    clause = compartments_clause(compartment, res_type, "= ?", [owner_id])
+    refs = compartment.params_for(res_type)
+    if SELF in refs:
+        return clause
+    marks = ", ".join("?" for _ in refs)
+    cond = f"target_id = ? AND target_type = ? AND param IN ({marks})"
+    sub = f"SELECT rid FROM idx_reference WHERE {cond} AND res_type = ?"
+    exists = f"EXISTS (SELECT 1 FROM idx_reference WHERE rid = r.rid AND {cond})"
+    values = [owner_id, compartment.code, *refs]
+    return Clause(clause.sql, clause.params, rids=(sub, [*values, res_type]), exists=(exists, values), drive=0)
 
 
 def compartments_clause(
@@ -950,11 +990,38 @@ def _keyset(
 
 
 def _driver(parsed: ParsedSearch) -> Clause | None:
-    """The clause a page in ``rid`` order can walk: the only index-range clause, the others probes."""
-    ranges = [c for c in parsed.clauses if c.rids is not None]
-    if parsed.sort or len(ranges) != 1 or not all(c.probe for c in parsed.clauses if c is not ranges[0]):
+    """The clause a page in ``rid`` order can walk, the others being tested as probes on each match.
+
+    The only index-range clause drives; among several, the one with the best
+    :attr:`Clause.drive` (the first of equals), the others then tested through their ``EXISTS``
+    form. The rank is a guess at which range is small without looking at the data: one
+    patient's (one reference target's) resources are a few hundred or thousand, one code's can
+    be a large share of a table, and ``system|code`` narrows a bare code. A wrong guess reads
+    the driver's range until a page is full (all of it when fewer match), probing each entry:
+    still bounded by that one range, where the planner's own choice hashed or sorted every
+    range. Ranges without a rank (several values, prefixes, two-sided dates…) do not drive
+    others, nor does anything when a clause is neither a range with a probe form nor a probe.
+    """
+    if parsed.sort:
         return None
-    return ranges[0]
+    ranges = [c for c in parsed.clauses if c.rids is not None]
+    if len(ranges) == 1:
+        driver = ranges[0]
+    else:
+        ranked = [c for c in ranges if c.drive is not None]
+        if not ranked:
+            return None
+        driver = min(ranked, key=lambda c: c.drive or 0)
+    if not all(c.probe or c.exists is not None for c in parsed.clauses if c is not driver):
+        return None
+    return driver
+
+
+def _probe(clause: Clause) -> Clause:
+    """``clause`` as a per-candidate probe (its ``EXISTS`` form when it is a range)."""
+    if clause.probe or clause.exists is None:
+        return clause
+    return Clause(clause.exists[0], list(clause.exists[1]), probe=True)
 
 
 def _driven_page_sql(parsed: ParsedSearch, driver: Clause, cursor: Cursor | None, limit: int) -> tuple[str, list[Any]]:
@@ -966,25 +1033,36 @@ def _driven_page_sql(parsed: ParsedSearch, driver: Clause, cursor: Cursor | None
     types loaded before the first match. Here the matches are the outer side of a join, in
     ``rid`` order (the order of an index range whose leading columns are all fixed by equality,
     e.g. ``idx_token_value`` for one code), de-duplicated by ``DISTINCT`` on that order and
-    limited; each is looked up in ``resources`` by key, and the remaining clauses (probes) are
-    tested on it. ``m.rid + 0`` puts the join key outside ``rid``'s equivalence class, so
-    ``resources`` read in key order does not count as reading the matches in order (no merge
-    join on the primary key). The keyset condition is on ``m.rid``, where the index range seeks
-    to it. The outer query adds ``res_type, res_id`` to the page's rids.
+    limited; the remaining clauses (probes, ``EXISTS (… WHERE rid = r.rid …)``) are tested on
+    each match, as the range is aliased ``r`` (they need nothing but the rid), before it is
+    looked up in ``resources t`` by key: a match a probe rejects costs no row read. ``r.rid +
+    0`` puts the join key outside ``rid``'s equivalence class, so ``resources`` read in key
+    order does not count as reading the matches in order (no merge join on the primary key).
+    The keyset condition is on ``r.rid``, where the index range seeks to it. The outer query
+    adds ``res_type, res_id`` to the page's rids.
     """
     assert driver.rids is not None
     sub, sub_params = driver.rids
-    where, params = _where(parsed, [c for c in parsed.clauses if c is not driver])
+    where, params = ["t.deleted = 0"], []
+    if not parsed.all_types:
+        scope, scope_params = _scope_sql("t.res_type", parsed.types)
+        where.append(scope[len(" AND ") :])
+        params += scope_params
+    for c in parsed.clauses:
+        if c is not driver:
+            probe = _probe(c)
+            where.append(probe.sql)
+            params += probe.params
     backward = cursor is not None and cursor.backward
     if cursor is not None:
         if cursor.keys:
             raise BadRequest("_cursor does not belong to this search (its _sort differs)")
-        where.append(f"m.rid {'<' if backward else '>'} ?")
+        where.append(f"r.rid {'<' if backward else '>'} ?")
         params.append(cursor.rid)
     order = "DESC" if backward else "ASC"
     inner = (
-        f"SELECT DISTINCT m.rid FROM ({sub}) m JOIN resources r ON r.rid = m.rid + 0 "
-        f"WHERE {' AND '.join(where)} ORDER BY m.rid {order} LIMIT {int(limit)}"
+        f"SELECT DISTINCT r.rid FROM ({sub}) r JOIN resources t ON t.rid = r.rid + 0 "
+        f"WHERE {' AND '.join(where)} ORDER BY r.rid {order} LIMIT {int(limit)}"
     )
     sql = (
         f"SELECT q.rid, r.res_type, r.res_id FROM ({inner}) q JOIN resources r ON r.rid = q.rid ORDER BY q.rid {order}"

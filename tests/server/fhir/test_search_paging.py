@@ -114,3 +114,47 @@ def test_unsorted_pages_of_one_code_list_each_match_once(client: Any) -> None:
     back = bundle(client, link(last, "previous") or "")
     assert ids(back) == ["o4", "o5"] and link(back, "previous") is None
     assert _walk(client, "Observation?code=8302-2&_count=3") == [["o4", "o5", "o7"], ["o8", "o10"]]
+
+
+def _observation_of(i: int) -> dict[str, Any]:
+    # subject p0/p1 by parity; o3, o6, o9 also name p1 as performer (two compartment rows for
+    # o3 and o9); the code 8302-2 (twice on o4 and o8) on all but multiples of 3
+    obs = _observation(f"o{i}", 0 if i % 3 == 0 else 1 + (i % 4 == 0), 2010 + i)
+    obs["subject"] = {"reference": f"Patient/p{i % 2}"}
+    if i % 3 == 0 and i:
+        obs["performer"] = [{"reference": "Patient/p1"}]
+        obs["code"]["coding"].append({"system": "http://loinc.org", "code": "8302-2"})
+    return obs
+
+
+def test_unsorted_pages_of_several_clauses_and_of_a_compartment(client: Any) -> None:
+    # several index ranges: one drives (the reference), the others are probed per match; a
+    # compartment search is driven by the compartment's reference rows
+    put_all(client, [_patient("p0", "Berg"), _patient("p1", "Dahl")])
+    put_all(client, [_observation_of(i) for i in range(12)])
+    mine = ["o1", "o3", "o5", "o7", "o9", "o11"]
+    performed = ["o1", "o3", "o5", "o6", "o7", "o9", "o11"]
+    cases = {
+        "Observation?subject=Patient/p1&code=http://loinc.org|8302-2": mine,
+        "Observation?code=8302-2&patient=p1": mine,
+        "Observation?code=8302-2&subject=Patient/p1&date=ge2015": ["o5", "o7", "o9", "o11"],
+        "Patient/p1/Observation?code=http://loinc.org|8302-2": performed,
+        "Patient/p1/Observation?code=8302-2&date=lt2016-06": ["o1", "o3", "o5", "o6"],
+    }
+    for query, expected in cases.items():
+        for count in (1, 2, 4, 50):
+            assert _walk(client, f"{query}&_count={count}") == [
+                expected[k : k + count] for k in range(0, len(expected), count)
+            ], (query, count)
+    # backward from the last page, while resources on the way change
+    query = "Patient/p1/Observation?code=8302-2&_count=2"
+    last = bundle(client, link(bundle(client, link(bundle(client, query), "next") or ""), "next") or "")
+    assert ids(last) == ["o7", "o9"]
+    client.delete("/fhir/Observation/o5")
+    moved = _observation_of(3)
+    moved["subject"] = {"reference": "Patient/p0"}  # o3 leaves the compartment
+    del moved["performer"]
+    put_all(client, [moved, _observation_of(13)])
+    back = bundle(client, link(last, "previous") or "")
+    assert ids(back) == ["o1", "o6"] and link(back, "previous") is None
+    assert _walk(client, query) == [["o1", "o6"], ["o7", "o9"], ["o11", "o13"]]

@@ -198,18 +198,25 @@ def test_post_search(loaded: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("query", "driven"),
+    ("query", "driver"),
     [
-        ("code=http://loinc.org|8302-2", True),
-        ("code=8302-2&date=ge2018", True),  # one range and a probe
-        ("subject=Patient/p1", True),
-        ("code=8302-2&subject=Patient/p1", False),  # two ranges: the planner picks the order
-        ("code=8302-2&_sort=date", False),
-        ("subject:Patient.name=x", False),
-        ("_id=o1&code=8302-2", False),
+        ("code=http://loinc.org|8302-2", "token"),
+        ("code=8302-2&date=ge2018", "token"),  # one range and a probe
+        ("subject=Patient/p1", "reference"),
+        # several ranges: one reference target before a system|code before a bare code
+        ("code=8302-2&subject=Patient/p1", "reference"),
+        ("code=http://loinc.org|8302-2&patient=p1&date=ge2018", "reference"),
+        ("category=laboratory&code=http://loinc.org|8302-2", "token"),
+        ("code=8302-2&subject=Patient/p1,Patient/p2", "token"),  # two targets do not drive
+        ("code=8302-2,8310-5&subject=Patient/p1,Patient/p2", None),  # nothing ranked
+        ("code=8302-2&date=2018", "token"),  # a two-sided date range is probed
+        ("code=8302-2&_sort=date", None),
+        ("subject:Patient.name=x", None),
+        ("subject:Patient.name=x&code=8302-2", None),  # a chain has no probe form
+        ("_id=o1&code=8302-2", None),
     ],
 )
-def test_unsorted_page_walks_its_only_index_range(query: str, driven: bool) -> None:
+def test_unsorted_page_walks_one_index_range(query: str, driver: str | None) -> None:
     from urllib.parse import parse_qsl
 
     from server.search.query import Cursor, page_sql, parse_search
@@ -217,6 +224,9 @@ def test_unsorted_page_walks_its_only_index_range(query: str, driven: bool) -> N
 
     parsed = parse_search(Registry.load(extra_paths=[]), "Observation", parse_qsl(query))
     sql, params = page_sql(parsed, Cursor(tuple(None for _ in parsed.sort), 7, backward=True), 11)
-    assert ("SELECT DISTINCT m.rid FROM (SELECT rid FROM idx_" in sql) is driven
-    if driven:  # the cursor seeks in the range itself, and the page comes back in reverse order
-        assert "m.rid < ?" in sql and sql.endswith("ORDER BY q.rid DESC") and params[-1] == 7
+    walked = "SELECT DISTINCT r.rid FROM (SELECT rid FROM idx_"
+    assert (walked in sql) is (driver is not None)
+    if driver is not None:  # the cursor seeks in the range itself, and the page comes back in reverse order
+        assert f"{walked}{driver} " in sql
+        assert "r.rid < ?" in sql and sql.endswith("ORDER BY q.rid DESC") and params[-1] == 7
+        assert " IN (SELECT rid FROM idx_" not in sql.partition(") r JOIN")[2]  # the others are probes
