@@ -46,6 +46,7 @@ from server.search.query import (
     include_sql,
     page_sql,
     parse_search,
+    range_size,
     revinclude_sql,
 )
 from server.store.base import StoredResource
@@ -211,7 +212,7 @@ def _run(
         total = int(ctx.store.query(sql, args)[0][0])
     has_next = has_previous = False
     if summary != "count" and count > 0:
-        sql, args = page_sql(parsed, cursor, count + 1)
+        sql, args = page_sql(parsed, cursor, count + 1, range_size(ctx.store.query))
         rows = ctx.store.query(sql, args)
         more = len(rows) > count
         rows = rows[:count]

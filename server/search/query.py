@@ -76,7 +76,7 @@ import binascii
 import itertools
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -105,6 +105,7 @@ __all__ = [
     "include_sql",
     "page_sql",
     "parse_search",
+    "range_size",
     "revinclude_sql",
     "searchable",
 ]
@@ -989,18 +990,39 @@ def _keyset(
     return ("(" + " OR ".join(ors) + ")" if ors else "1 = 0"), params
 
 
-def _driver(parsed: ParsedSearch) -> Clause | None:
+#: entries of a range counted at most when sizing the candidates to drive a page (see :func:`_driver`)
+SIZE_LIMIT = 1000
+
+#: runs ``SELECT COUNT(*) …`` with its values and returns the count (the store's query)
+RangeCounter = Callable[[str, list[Any]], int]
+
+
+def range_size(query: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]) -> RangeCounter:
+    """A :data:`RangeCounter` over a store's ``query``."""
+    return lambda sql, params: int(query(sql, params)[0][0])
+
+
+def _bounded_size(clause: Clause, count: RangeCounter) -> int:
+    """Entries of ``clause``'s index range, counted up to :data:`SIZE_LIMIT` (an index walk at most that long)."""
+    assert clause.rids is not None
+    sub, params = clause.rids
+    return count(f"SELECT COUNT(*) FROM (SELECT 1 FROM ({sub}) s LIMIT {SIZE_LIMIT}) n", list(params))
+
+
+def _driver(parsed: ParsedSearch, count: RangeCounter | None = None) -> Clause | None:
     """The clause a page in ``rid`` order can walk, the others being tested as probes on each match.
 
-    The only index-range clause drives; among several, the one with the best
-    :attr:`Clause.drive` (the first of equals), the others then tested through their ``EXISTS``
-    form. The rank is a guess at which range is small without looking at the data: one
-    patient's (one reference target's) resources are a few hundred or thousand, one code's can
-    be a large share of a table, and ``system|code`` narrows a bare code. A wrong guess reads
-    the driver's range until a page is full (all of it when fewer match), probing each entry:
-    still bounded by that one range, where the planner's own choice hashed or sorted every
-    range. Ranges without a rank (several values, prefixes, two-sided dates…) do not drive
-    others, nor does anything when a clause is neither a range with a probe form nor a probe.
+    The only index-range clause drives; among several, the others then tested through their
+    ``EXISTS`` form, the smallest range drives when ``count`` can size them (each counted up to
+    :data:`SIZE_LIMIT` entries: a bounded index walk per candidate), ties (every range that
+    large) going to the best :attr:`Clause.drive` rank, the first of equals. The rank alone is a
+    guess at which range is small without looking at the data: one patient's (one reference
+    target's) resources are usually a few hundred, one code's can be a large share of a table,
+    and ``system|code`` narrows a bare code. The guess is wrong for genomic data (a patient with
+    100,000 variant Observations and a gene with ten): a wrong driver is read until a page is
+    full (all of it when fewer match), probing each entry, hence the sizing. Ranges without a
+    rank (several values, prefixes, two-sided dates…) do not drive others, nor does anything
+    when a clause is neither a range with a probe form nor a probe.
     """
     if parsed.sort:
         return None
@@ -1011,7 +1033,11 @@ def _driver(parsed: ParsedSearch) -> Clause | None:
         ranked = [c for c in ranges if c.drive is not None]
         if not ranked:
             return None
-        driver = min(ranked, key=lambda c: c.drive or 0)
+        if count is not None and len(ranked) > 1:
+            sizes = {id(c): _bounded_size(c, count) for c in ranked}
+            driver = min(ranked, key=lambda c: (sizes[id(c)], c.drive or 0))
+        else:
+            driver = min(ranked, key=lambda c: c.drive or 0)
     if not all(c.probe or c.exists is not None for c in parsed.clauses if c is not driver):
         return None
     return driver
@@ -1070,14 +1096,17 @@ def _driven_page_sql(parsed: ParsedSearch, driver: Clause, cursor: Cursor | None
     return sql, [*sub_params, *params]
 
 
-def page_sql(parsed: ParsedSearch, cursor: Cursor | None, limit: int) -> tuple[str, list[Any]]:
+def page_sql(
+    parsed: ParsedSearch, cursor: Cursor | None, limit: int, count: RangeCounter | None = None
+) -> tuple[str, list[Any]]:
     """SQL of one page: rows ``(rid, res_type, res_id, *sort keys)`` in page order.
 
     A backward cursor selects the rows before it, in reverse order (the caller reverses them).
-    A search in ``rid`` order whose clauses are one index range and probes walks that range
-    (:func:`_driven_page_sql`).
+    A search in ``rid`` order whose clauses are index ranges and probes walks one of the ranges
+    (:func:`_driven_page_sql`); ``count`` (:func:`range_size` over the store) lets
+    :func:`_driver` pick the smallest when there are several.
     """
-    driver = _driver(parsed)
+    driver = _driver(parsed, count)
     if driver is not None:
         return _driven_page_sql(parsed, driver, cursor, limit)
     where, params = _where(parsed)

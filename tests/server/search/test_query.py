@@ -230,3 +230,34 @@ def test_unsorted_page_walks_one_index_range(query: str, driver: str | None) -> 
         assert f"{walked}{driver} " in sql
         assert "r.rid < ?" in sql and sql.endswith("ORDER BY q.rid DESC") and params[-1] == 7
         assert " IN (SELECT rid FROM idx_" not in sql.partition(") r JOIN")[2]  # the others are probes
+
+
+@pytest.mark.parametrize(
+    ("sizes", "driver"),
+    [
+        ({"reference": 1000, "token": 12}, "token"),  # a patient with 100,000 variants, a gene with twelve
+        ({"reference": 40, "token": 1000}, "reference"),
+        ({"reference": 1000, "token": 1000}, "reference"),  # both large: the rank decides
+        ({"reference": 7, "token": 7}, "reference"),
+    ],
+)
+def test_the_smallest_range_drives_when_the_store_can_size_them(sizes: dict[str, int], driver: str) -> None:
+    from server.search.query import SIZE_LIMIT, page_sql, parse_search
+    from server.search.registry import Registry
+
+    asked: list[str] = []
+
+    def count(sql: str, params: list[Any]) -> int:
+        assert f"LIMIT {SIZE_LIMIT}" in sql  # bounded: never a walk of a whole range
+        table = sql.partition("FROM idx_")[2].split()[0]
+        asked.append(table)
+        return min(sizes[table], SIZE_LIMIT)
+
+    parsed = parse_search(Registry.load(extra_paths=[]), "Observation", [("subject", "Patient/p1"), ("code", "8302-2")])
+    sql, _ = page_sql(parsed, None, 11, count)
+    assert f"SELECT DISTINCT r.rid FROM (SELECT rid FROM idx_{driver} " in sql
+    assert sorted(asked) == ["reference", "token"]
+    single = parse_search(Registry.load(extra_paths=[]), "Observation", [("code", "8302-2")])
+    asked.clear()
+    page_sql(single, None, 11, count)
+    assert asked == []  # one range: nothing to size
