@@ -26,7 +26,8 @@ The fail-closed contract, exactly:
   healthy again and requests are served again.
 * :meth:`AuditWriter.flush` waits until everything accepted so far is committed: the trail's own
   reader calls it first (read-your-writes inside one process), and so does shutdown — an
-  ``atexit`` hook (and gunicorn's ``worker_exit``, :func:`shutdown_all`) flushes every writer of the
+  ``atexit`` hook (and gunicorn's ``worker_exit``, :func:`shutdown_all`), and closing the store
+  (``Store.before_close``), flush every writer of the
   process for up to :data:`SHUTDOWN_WAIT` seconds; what still could not be written is logged at
   CRITICAL with its count.
 * What can be lost: the records accepted but not yet committed when the process is killed without a
@@ -102,6 +103,9 @@ class AuditWriter:
         self.convert = convert
         self._reset()
         _WRITERS.add(self)
+        hook = getattr(store, "before_close", None)
+        if hook is not None:  # closing the store first writes what is queued (it could not afterwards)
+            hook(self._store_closing)
 
     def _reset(self) -> None:
         self._pid = os.getpid()
@@ -174,6 +178,10 @@ class AuditWriter:
             finally:
                 self._flushing -= 1
         return True
+
+    def _store_closing(self) -> None:
+        if self._pid == os.getpid() and not self._closed:
+            self.close(SHUTDOWN_WAIT if self._error is None else min(SHUTDOWN_WAIT, 0.2))
 
     def close(self, timeout: float = SHUTDOWN_WAIT) -> bool:
         """Flush, then stop the thread; True when nothing was left unwritten."""

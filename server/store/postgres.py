@@ -116,4 +116,5 @@ class PostgresStore(SqlStoreBase):
                 tx.cur.execute(f"TRUNCATE {names} RESTART IDENTITY")
 
     def close(self) -> None:
+        self._run_close_hooks()
         self.pool.close()

@@ -117,6 +117,15 @@ class SqlStoreBase:
     content_param: str = "?"  # how it is written
     derived: tuple[DerivedIndex, ...] = ()  # set by open_store; kept in step by put/put_many
 
+    def before_close(self, hook: Callable[[], object]) -> None:
+        """Run ``hook`` when the store is closed, before its connections go (e.g. a queue of
+        writes flushing itself: :class:`server.audit_queue.AuditWriter`)."""
+        self.__dict__.setdefault("_close_hooks", []).append(hook)
+
+    def _run_close_hooks(self) -> None:
+        for hook in self.__dict__.pop("_close_hooks", []):
+            hook()
+
     # -- to be provided by the backend ------------------------------------------------------
     def _reader(self) -> AbstractContextManager[Cursor]:
         raise NotImplementedError

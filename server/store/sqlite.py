@@ -89,6 +89,7 @@ class SqliteStore(SqlStoreBase):
                 tx.cur.execute(f'DELETE FROM "{name}"')
 
     def close(self) -> None:
+        self._run_close_hooks()
         with self._write_lock:  # never under a running write (a background writer thread's): that crashes sqlite3
             self._writer.close()
         conn = getattr(self._local, "conn", None)

@@ -221,3 +221,20 @@ def test_rows_are_built_in_the_writer_thread_one_per_patient(store: Store) -> No
     patients = store.query("SELECT patient FROM audit_event WHERE agent = ? ORDER BY patient", ("multi",))
     assert [r[0] for r in patients] == ["a", "b", "c"]
     writer.close()
+
+
+def test_closing_the_store_first_writes_what_the_writer_holds(database_url: str) -> None:
+    store = open_store(database_url)
+    store.reset()
+    writer = AuditWriter(store, audit._INSERT, capacity=100, linger=30.0, convert=audit._rows_of)
+    writer.submit(_rows(3, agent="closing"))
+    assert writer.pending == 3  # lingering: nothing committed yet
+    store.close()  # the bench and tests close stores while records linger
+    assert writer.pending == 0 and writer.committed == 3
+    with pytest.raises(AuditUnavailable):
+        writer.submit(_rows(1))
+    again = open_store(database_url)
+    try:
+        assert _count(again, "closing") == 3
+    finally:
+        again.close()
