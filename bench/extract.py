@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
-import json
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +38,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from search import read_bundles  # noqa: E402  # bench/search.py: bench/ is the script's folder
 
 from server.search.extract import IndexRows, extract  # noqa: E402  # the repository root is put on sys.path first
 
@@ -52,33 +51,8 @@ Extract = Callable[[dict[str, Any]], IndexRows]
 
 
 def read_resources(path: Path) -> list[dict[str, Any]]:
-    """Every entry's resource, references rewritten from ``urn:uuid:`` fullUrls to ``Type/id``."""
-    resources: list[dict[str, Any]] = []
-    urls: dict[str, str] = {}
-    with tarfile.open(path) as tar:
-        for member in sorted(tar.getmembers(), key=lambda m: m.name):
-            fh = tar.extractfile(member) if member.isfile() and member.name.endswith(".json") else None
-            if fh is None:
-                continue
-            bundle = json.load(io.TextIOWrapper(fh, encoding="utf-8"))
-            for entry in bundle["entry"]:
-                res = entry["resource"]
-                urls[entry["fullUrl"]] = f"{res['resourceType']}/{res['id']}"
-                resources.append(res)
-
-    def rewrite(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "reference" and isinstance(value, str):
-                    node[key] = urls.get(value, value)
-                else:
-                    rewrite(value)
-        elif isinstance(node, list):
-            for item in node:
-                rewrite(item)
-
-    rewrite(resources)
-    return resources
+    """Every entry's resource in bundle order, references rewritten from ``urn:uuid:`` fullUrls to ``Type/id``."""
+    return [resource for bundle in read_bundles(path) for resource in bundle]
 
 
 def _rows(rows: IndexRows) -> list[str]:
