@@ -29,6 +29,7 @@ from server.fhir.operations.ehr_store import (
     quarantine_row,
 )
 from server.fhir.report import IngestReport
+from server.workers import paused_gc
 
 __all__ = ["ALIASES", "CsvReport", "ingest_csv", "kind_of"]
 
@@ -97,7 +98,7 @@ def ingest_csv(
                 progress(1)
 
     try:
-        with ctx.store.bulk_session():  # into an empty store: value indexes built once at the end
+        with paused_gc(), ctx.store.bulk_session():  # into an empty store: value indexes built once at the end
             for path in paths:
                 report.files += 1
                 for result in map_csv(path, kind, config):
