@@ -247,7 +247,9 @@ def _token_coding(rows: IndexRows, code: str, value: Any) -> None:
         if display.__class__ is not str or not display:
             display = None
         if system or c or display:
-            rows.token.append((code, system, c, normalize_string(display) if display else None))
+            rows.token.append(
+                (code, system, c, (_normalized.get(display) or normalize_string(display)) if display else None)
+            )
 
 
 def _token_codeable_concept(rows: IndexRows, code: str, value: Any) -> None:
@@ -255,20 +257,8 @@ def _token_codeable_concept(rows: IndexRows, code: str, value: Any) -> None:
         return
     codings = value.get("coding")
     if isinstance(codings, list):
-        out = rows.token
-        for coding in codings:  # _token_coding, inlined
-            if coding.__class__ is dict:
-                system, c, display = coding.get("system"), coding.get("code"), coding.get("display")
-                if system.__class__ is not str or not system:
-                    system = None
-                if c.__class__ is not str or not c:
-                    c = None
-                if display.__class__ is not str or not display:
-                    display = None
-                if system or c or display:
-                    out.append(
-                        (code, system, c, (_normalized.get(display) or normalize_string(display)) if display else None)
-                    )
+        for coding in codings:
+            _token_coding(rows, code, coding)
     text = value.get("text")
     if isinstance(text, str) and text:
         rows.token.append((code, None, None, _normalized.get(text) or normalize_string(text)))
