@@ -103,17 +103,19 @@ def make_app(database_url: str, **overrides: Any) -> Any:
     overrides.setdefault("hpo_preload", "off")
     cfg = Config(database_url=database_url, base_url="http://testserver", **overrides)
     app = create_app(cfg)
-    store = app.extensions["bigmed"].store
-    store.reset()
-    writer = app.extensions.get("bigmed_audit_writer")
-    if writer is not None:  # tests close the store directly: let the queued AuditEvents reach it first
-
-        def close(original: Any = store.close) -> None:
-            writer.close(5)
-            original()
-
-        store.close = close
+    app.extensions["bigmed"].store.reset()  # closing the store flushes the audit writer (Store.before_close)
     return app
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Any]:
+    """An empty store of the backend under test, closed afterwards."""
+    from server.store import open_store
+
+    s = open_store(database_url)
+    s.reset()
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -46,14 +46,6 @@ class GatedStore:
         return self.store.query(sql, params)
 
 
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = open_store(database_url)
-    s.reset()
-    yield s
-    s.close()
-
-
 def _rows(n: int, agent: str = "t") -> list[audit.AuditRecord]:
     """``n`` access records (what the request path submits; the writer builds their rows)."""
     return [audit.AuditRecord(agent=agent, action="R", subtype="read", patients=[f"p{i}"]) for i in range(n)]

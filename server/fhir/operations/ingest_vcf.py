@@ -78,6 +78,7 @@ from server.fhir.jobs import run_in_background
 from server.fhir.operations.call_pgx import PgxResult, call_in_ingest
 from server.fhir.operations.variant_ranges import TABLE as RANGE_TABLE
 from server.fhir.operations.variant_ranges import ranges_of
+from server.fhir.report import WriteCounts
 from server.fhir.resource import check_id, instant
 from server.search.extract import IndexRows, extractor_for, normalize_string, reference_target
 from server.search.registry import Registry
@@ -446,15 +447,6 @@ def _batches(mapping: VcfMapping, indexer: Indexer, ts: float, workers: int) -> 
 # -- writing (one transaction, in the caller's thread) ----------------------------------------
 
 
-@dataclass
-class _Counts:
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    by_type: Counter[str] = field(default_factory=Counter)
-
-
 class _Meta:
     """Rewrites the ``versionId``/``lastUpdated`` a prepared content was stamped with (version 1 at ``ts``)."""
 
@@ -479,7 +471,7 @@ class _Meta:
 
 
 def _write_batch(
-    tx: WriteTx, batch: Sequence[Prepared], ts: float, meta: _Meta, counts: _Counts
+    tx: WriteTx, batch: Sequence[Prepared], ts: float, meta: _Meta, counts: WriteCounts
 ) -> list[StoredResource]:
     current = tx.current_many([(p[0], p[1]) for p in batch])
     writes: list[tuple[StoredResource, str, Any]] = []
@@ -504,7 +496,7 @@ def _write_batch(
     return tx.put_many(writes)
 
 
-def _delete_orphans(tx: WriteTx, report: Prepared, ts: float, counts: _Counts) -> None:
+def _delete_orphans(tx: WriteTx, report: Prepared, ts: float, counts: WriteCounts) -> None:
     """Delete what the previous ingestion of this file (same report id) wrote and this one did not."""
     previous = tx.current("DiagnosticReport", report[1])
     if previous is None or previous.deleted or previous.content is None:
@@ -584,7 +576,7 @@ def _store(
     source_class: str = "germline",
 ) -> IngestResult:
     indexer = Indexer(ctx.registry)
-    counts = _Counts()
+    counts = WriteCounts()
     ts = time.time()
     meta = _Meta(ts)
     with paused_gc(), ctx.store.transaction() as tx:  # the forked mapping process inherits the pause

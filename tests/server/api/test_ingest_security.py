@@ -13,7 +13,7 @@ import pytest
 from server.api.hl7v2 import HL7_MESSAGE
 from server.auth.clients import add_client
 from tests.conftest import make_app
-from tests.server.auth.authutil import assertion, rsa_key
+from tests.server.auth.authutil import bearer, rsa_key
 
 BASE = "http://testserver"
 VEP = Path(__file__).resolve().parents[2] / "data" / "vcf" / "vep_clinvar_grch37.vcf"
@@ -37,17 +37,7 @@ def app(database_url: str) -> Iterator[Any]:
 
 
 def _bearer(c: Any, client_id: str) -> dict[str, str]:
-    resp = c.post(
-        "/auth/token",
-        data={
-            "grant_type": "client_credentials",
-            "scope": SCOPES,
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": assertion(rsa_key(), client_id, f"{BASE}/auth/token"),
-        },
-    )
-    assert resp.status_code == 200, resp.get_json()
-    return {"Authorization": f"Bearer {resp.get_json()['access_token']}"}
+    return bearer(c, client_id, SCOPES, base=BASE)
 
 
 def _events(c: Any, h: dict[str, str], **params: str) -> list[dict[str, Any]]:

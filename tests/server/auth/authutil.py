@@ -48,3 +48,20 @@ def assertion(key: KeyPair, client_id: str, aud: str, *, lifetime: int = 240, **
     claims["jti"] = uuid.uuid4().hex
     claims.update(extra)
     return key.sign({k: v for k, v in claims.items() if v is not None})
+
+
+def bearer(
+    client: Any, client_id: str, scope: str, *, base: str = "http://testserver", key: KeyPair | None = None
+) -> dict[str, str]:
+    """The Authorization header of a token got with a client assertion (``key``, default :func:`rsa_key`)."""
+    resp = client.post(
+        "/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "scope": scope,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion(key or rsa_key(), client_id, f"{base}/auth/token"),
+        },
+    )
+    assert resp.status_code == 200, resp.get_json()
+    return {"Authorization": f"Bearer {resp.get_json()['access_token']}"}

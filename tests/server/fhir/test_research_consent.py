@@ -16,10 +16,10 @@ import pytest
 
 from server.auth.clients import add_client
 from tests.conftest import make_app
-from tests.server.auth.authutil import assertion, rsa_key
+from tests.server.auth.authutil import bearer, rsa_key
+from tests.server.fhir.test_rare_operations import phenotype
 
 BASE = "http://testserver"
-HPO = "http://human-phenotype-ontology.org"
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 MARFAN = ["HP:0001166", "HP:0001083"]
 
@@ -37,21 +37,10 @@ def _consent(patient: str) -> dict[str, Any]:
     }
 
 
-def _phenotype(id_: str, patient: str, code: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": id_,
-        "status": "final",
-        "code": {"coding": [{"system": HPO, "code": code}]},
-        "subject": {"reference": f"Patient/{patient}"},
-        "valueCodeableConcept": {"coding": [{"system": "http://loinc.org", "code": "LA9633-4"}]},
-    }
-
-
 def _data() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"resourceType": "Patient", "id": p} for p in ("p1", "p2", "p3")]
     for p in ("p1", "p2", "p3"):  # p2 and p3 share p1's phenotypes; p3 denied research use
-        out += [_phenotype(f"{p}-h{i}", p, code) for i, code in enumerate(MARFAN)]
+        out += [phenotype(f"{p}-h{i}", p, code) for i, code in enumerate(MARFAN)]
     out.append(_consent("p3"))
     out.append({"resourceType": "Organization", "id": "org1", "name": "Haukeland"})  # outside any compartment
     out.append(
@@ -83,17 +72,7 @@ def app(database_url: str, tmp_path: Path) -> Iterator[Any]:
 
 
 def _bearer(c: Any, client_id: str, scope: str = "system/*.rs") -> dict[str, str]:
-    resp = c.post(
-        "/auth/token",
-        data={
-            "grant_type": "client_credentials",
-            "scope": scope,
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": assertion(rsa_key(), client_id, f"{BASE}/auth/token"),
-        },
-    )
-    assert resp.status_code == 200, resp.get_json()
-    return {"Authorization": f"Bearer {resp.get_json()['access_token']}"}
+    return bearer(c, client_id, scope, base=BASE)
 
 
 def _export(c: Any, h: dict[str, str], url: str) -> dict[str, list[str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,14 +14,6 @@ from server.store.sql import DEFERRABLE_INDEXES, deferrable_indexes
 from server.store.sqlite import SqliteStore
 
 _TABLES = ("token", "string", "reference", "date", "number", "quantity", "uri")
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = open_store(database_url)
-    s.reset()
-    yield s
-    s.close()
 
 
 def _indexes(store: Store) -> set[str]:

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from server.store import open_store
 from server.store.base import Store, StoredResource, WriteTx
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = open_store(database_url)
-    s.reset()
-    yield s
-    s.close()
 
 
 def _res(id_: str, version: int, ts: float, body: bytes | None = None, rid: int = 0) -> StoredResource:
