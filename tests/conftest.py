@@ -101,7 +101,8 @@ def make_app(database_url: str, **overrides: Any) -> Any:
 
     # no HPO warm-up thread unless a test asks: it reads the database while reset() truncates it
     overrides.setdefault("hpo_preload", "off")
-    cfg = Config(database_url=database_url, base_url="http://testserver", **overrides)
+    overrides.setdefault("base_url", "http://testserver")
+    cfg = Config(database_url=database_url, **overrides)
     app = create_app(cfg)
     app.extensions["bigmed"].store.reset()  # closing the store flushes the audit writer (Store.before_close)
     return app

@@ -26,10 +26,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Request, Response, current_app, g, request
 
 from server import audit, jsonio
-from server.api.auth import PUBLIC_PATHS, _protected
+from server.api.auth import _protected
 from server.api.http import ctx, fhir_base, fhir_response, negotiate, query_pairs
 from server.audit_queue import AuditUnavailable, AuditWriter
 from server.auth.access import Access, compartment_patients, require
@@ -100,16 +100,17 @@ def _trail_access() -> Access:
 # -- recording ---------------------------------------------------------------------------------
 
 
-def _patients(access: Access, resp: Response) -> list[str]:
+def _patients(access: Access, resp: Response, req: Request) -> list[str]:
     found: list[str] = []
-    args = request.view_args or {}
+    args = req.view_args or {}
     if args.get("type_") == "Patient" and args.get("id_"):
         found.append(str(args["id_"]))
     if args.get("compartment") == "Patient" and args.get("id_"):
         found.append(str(args["id_"]))
-    if request.path.startswith("/fhir/Patient/") and "$" in request.path:
-        found.append(request.path.split("/")[3])
-    for key, value in request.args.items(multi=True):
+    path = req.path
+    if path.startswith("/fhir/Patient/") and "$" in path:
+        found.append(path.split("/")[3])
+    for key, value in req.args.items(multi=True):
         name = key.partition(":")[0]
         if name in ("patient", "subject"):
             for v in value.split(","):
@@ -118,8 +119,8 @@ def _patients(access: Access, resp: Response) -> list[str]:
                     found.append(v)
                 elif len(ref) >= 2 and ref[-2] == "Patient":
                     found.append(ref[-1])
-    single = (args.get("id_") and args.get("type_")) or request.endpoint == "fhir.ingest_vcf_status"
-    if not found and resp.status_code == 200 and request.method == "GET" and single:
+    single = (args.get("id_") and args.get("type_")) or req.endpoint == "fhir.ingest_vcf_status"
+    if not found and resp.status_code == 200 and req.method == "GET" and single:
         try:
             resource = jsonio.loads(resp.get_data())
             if isinstance(resource, dict):
@@ -155,7 +156,8 @@ def note(
 
 def _location_entity(resp: Response) -> str | None:
     """``Type/id[/_history/v]`` of the resource a response points to (Location / Content-Location)."""
-    url = resp.headers.get("Location") or resp.headers.get("Content-Location")
+    found = {name.lower(): value for name, value in resp.headers.items()}  # .get() raises inside per miss
+    url = found.get("location") or found.get("content-location")
     if not url:
         return None
     path = url.removeprefix(fhir_base())
@@ -212,14 +214,8 @@ def finish(resp: Response, rec: audit.AuditRecord, *, covered: bool = False) -> 
     return resp
 
 
-def _audited() -> bool:
-    return (
-        ctx().config.audit
-        and _protected(request.path)
-        and request.path not in PUBLIC_PATHS
-        and request.method != "OPTIONS"
-        and "bigmed_access" in g
-    )
+def _audited(req: Request) -> bool:
+    return bool(ctx().config.audit) and _protected(req.path) and req.method != "OPTIONS" and "bigmed_access" in g
 
 
 def ensure_writable() -> None:
@@ -235,17 +231,19 @@ def ensure_writable() -> None:
 
 def _check_writer() -> None:
     """Before the work: refuse every audited request while the trail cannot be written."""
-    if _audited():
+    if _audited(request._get_current_object()):  # type: ignore[attr-defined]
         ensure_writable()
 
 
 def _record(resp: Response) -> Response:
-    if not _audited():
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]  # once, not per attribute
+    if not _audited(req):
         return resp
-    access: Access = g.bigmed_access
-    endpoint = request.endpoint or ""
+    state = g._get_current_object()
+    access: Access = state.bigmed_access
+    endpoint = req.endpoint or ""
     action, subtype = _SUBTYPES.get(endpoint, ("E", "operation"))
-    args = request.view_args or {}
+    args = req.view_args or {}
     entities: list[str] = []
     if args.get("type_") and args.get("id_"):
         entities.append(f"{args['type_']}/{args['id_']}" + (f"/_history/{args['vid']}" if args.get("vid") else ""))
@@ -253,18 +251,18 @@ def _record(resp: Response) -> Response:
         located = _location_entity(resp)
         if located and not any(located.startswith(e) for e in entities):
             entities.append(located)
-    entities += g.get("bigmed_audit_entities", [])
+    entities += state.get("bigmed_audit_entities", [])
     rec = audit.AuditRecord(
         agent=access.client_id,
         action=action,
         subtype=subtype,
         outcome=_outcome(resp.status_code),
         outcome_desc=None if resp.status_code < 400 else f"HTTP {resp.status_code}",
-        patients=list(dict.fromkeys([*_patients(access, resp), *g.get("bigmed_audit_patients", [])])),
+        patients=list(dict.fromkeys([*_patients(access, resp, req), *state.get("bigmed_audit_patients", [])])),
         entities=list(dict.fromkeys(entities)),
-        query=f"{request.method} {request.full_path.rstrip('?')}",
-        address=request.remote_addr,
-        identifiers=g.get("bigmed_audit_identifiers", []),
+        query=f"{req.method} {req.full_path.rstrip('?')}",
+        address=req.remote_addr,
+        identifiers=state.get("bigmed_audit_identifiers", []),
     )
     return finish(resp, rec, covered=endpoint in _WRITES and resp.status_code < 400)
 

@@ -46,6 +46,7 @@ _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Cache-Control": "no-store",
 }
+_SECURITY_LIST = [(name.lower(), name, value) for name, value in _SECURITY_HEADERS.items()]
 
 
 def token_service() -> TokenService:
@@ -274,10 +275,9 @@ def _teardown(_: BaseException | None) -> None:
         reset_access(token)
 
 
-def _cors(resp: Response) -> None:
-    origin = request.headers.get("Origin")
+def _cors(resp: Response, origin: str) -> None:
     allowed = ctx().config.cors_origins
-    if not origin or not allowed or (origin.rstrip("/") not in allowed and "*" not in allowed):
+    if not allowed or (origin.rstrip("/") not in allowed and "*" not in allowed):
         return
     resp.headers["Access-Control-Allow-Origin"] = origin
     resp.headers["Vary"] = "Origin"
@@ -291,13 +291,16 @@ def _cors(resp: Response) -> None:
 
 
 def _after(resp: Response) -> Response:
-    for name, value in _SECURITY_HEADERS.items():
-        if name == "Cache-Control" and (
-            name in resp.headers or not _protected(request.path) or ctx().config.auth != "smart"
-        ):
-            continue
-        resp.headers.setdefault(name, value)
-    _cors(resp)
+    present = {name.lower() for name, _ in resp.headers.items()}  # setdefault() raises inside per miss
+    resp.headers.extend(
+        (name, value)
+        for low, name, value in _SECURITY_LIST
+        if low not in present
+        and (low != "cache-control" or (ctx().config.auth == "smart" and _protected(request.path)))
+    )
+    origin = request.environ.get("HTTP_ORIGIN")
+    if origin:
+        _cors(resp, origin)
     return resp
 
 

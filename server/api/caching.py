@@ -28,11 +28,12 @@ ALL_TYPES = ("*",)
 
 
 def _not_modified(etag: str | None, last_modified: str | None) -> bool:
-    inm = request.headers.get("If-None-Match")
+    env = request.environ  # headers read from the environ: werkzeug's Headers raise for each missing one
+    inm = env.get("HTTP_IF_NONE_MATCH")
     if inm is not None:
         wanted = {t.strip() for t in inm.split(",")}
         return etag is not None and ("*" in wanted or etag in wanted or etag.removeprefix("W/") in wanted)
-    ims = request.headers.get("If-Modified-Since")
+    ims = env.get("HTTP_IF_MODIFIED_SINCE")
     if ims and last_modified:
         try:
             return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(ims)
@@ -54,16 +55,18 @@ def cached(types: Sequence[str], produce: Callable[[], Response], media: str | N
     ``media``: the negotiated media type when the route has it already (saves negotiating twice).
     """
     cache = ctx().cache
-    if cache is None or request.method != "GET":
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup, not ten
+    if cache is None or req.method != "GET":
         resp = produce()
         return _finish(resp, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+    env = req.environ
     media = media or negotiate()
-    params = sorted(request.args.items(multi=True))
-    handling = (request.headers.get("Prefer") or "").replace(" ", "").lower()  # handling=strict: other answer
+    params = sorted(req.args.items(multi=True))
+    handling = env.get("HTTP_PREFER", "").replace(" ", "").lower()  # handling=strict: another answer
     # the authorization context is part of the key: one client never gets an answer cached for another
     scope = current_access().cache_scope
-    key = cache.key(types, request_key([request.path, params, media, fhir_base(), handling, scope]))
-    control = f"{request.headers.get('Cache-Control', '')},{request.headers.get('Pragma', '')}".lower()
+    key = cache.key(types, request_key([req.path, params, media, fhir_base(), handling, scope]))
+    control = f"{env.get('HTTP_CACHE_CONTROL', '')},{env.get('HTTP_PRAGMA', '')}".lower()
     if "no-cache" not in control and "no-store" not in control:
         hit = cache.get(key)
         if hit is not None:

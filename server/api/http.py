@@ -42,15 +42,43 @@ def ctx() -> FhirContext:
     return context
 
 
+#: memo bound: a client sending ever new Host or Accept headers cannot grow it past this
+_MEMO_LIMIT = 256
+_bases: dict[tuple[Any, ...], str] = {}
+_media: dict[tuple[str | None, str | None], str] = {}
+
+
 def fhir_base() -> str:
+    """``{scheme}://{host}/fhir`` of the request (or ``BIGMED_BASE_URL``/fhir), remembered per Host."""
     configured = ctx().config.base_url
-    root = configured if configured else request.host_url.rstrip("/")
-    return f"{root}/fhir"
+    if configured:
+        return f"{configured}/fhir"
+    env = request.environ
+    key = (env.get("wsgi.url_scheme"), env.get("HTTP_HOST"), env.get("SERVER_NAME"), env.get("SERVER_PORT"))
+    base = _bases.get(key)
+    if base is None:  # werkzeug's host_url (IRI decoding, default ports) costs ~30 µs a request
+        base = f"{request.host_url.rstrip('/')}/fhir"
+        if len(_bases) < _MEMO_LIMIT:
+            _bases[key] = base
+    return base
 
 
 def negotiate() -> str:
-    """The response media type from ``_format`` or ``Accept``; 406 when JSON is not acceptable."""
-    fmt = request.args.get("_format")
+    """The response media type from ``_format`` or ``Accept``; 406 when JSON is not acceptable.
+
+    Remembered per (``_format``, ``Accept``) pair: parsing the Accept header is a large share of
+    a cached answer's cost.
+    """
+    key = (request.args.get("_format"), request.environ.get("HTTP_ACCEPT"))
+    chosen = _media.get(key)
+    if chosen is None:
+        chosen = _negotiate(key[0])
+        if len(_media) < _MEMO_LIMIT:
+            _media[key] = chosen
+    return chosen
+
+
+def _negotiate(fmt: str | None) -> str:
     if fmt:
         chosen = _FORMAT_ALIASES.get(fmt.split(";")[0].strip().lower())
         if chosen is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -68,6 +68,28 @@ class SqliteStore(SqlStoreBase):
             self._local.conn = conn
         yield conn.cursor()
 
+    def generations(self, types: Sequence[str]) -> dict[str, int]:
+        """Per-type generations, re-read only when another connection committed since the last look.
+
+        ``PRAGMA data_version`` on this thread's reader connection changes whenever any other
+        connection — this process's writer, another worker process — commits to the database
+        (https://sqlite.org/pragma.html#pragma_data_version), so the whole ``type_gen`` table is
+        remembered per reader connection and read again only after a commit: a cached answer's
+        key costs one pragma instead of a query. A shared-cache in-memory database is read every
+        time (its connections share one pager, so the version does not move for them).
+        """
+        if self._uri or not types:
+            return super().generations(types)
+        with self._reader() as cur:
+            version = cur.execute("PRAGMA data_version").fetchone()[0]
+            memo: tuple[int, dict[str, int]] | None = getattr(self._local, "gens", None)
+            if memo is None or memo[0] != version:
+                rows = cur.execute("SELECT res_type, gen FROM type_gen").fetchall()
+                memo = (version, {str(t): int(g) for t, g in rows})
+                self._local.gens = memo
+        table = memo[1]
+        return {t: table[t] for t in types if t in table}
+
     @contextmanager
     def transaction(self) -> Iterator[SqlWriteTx]:
         with self._write_lock:
@@ -96,3 +118,4 @@ class SqliteStore(SqlStoreBase):
         if conn is not None:
             conn.close()
             self._local.conn = None
+            self._local.gens = None

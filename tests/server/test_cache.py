@@ -10,6 +10,7 @@ import random
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from server.cache import CachedAnswer, LocalBackend, Lru, QueryCache, RedisBackend
 from server.store import open_store
+from server.store.base import StoredResource
 from tests.conftest import redis_url
 
 
@@ -87,6 +89,32 @@ def test_databases_sharing_a_backend_never_share_answers(tmp_path: Any) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+def test_sqlite_generations_follow_commits_of_every_connection(tmp_path: Any) -> None:
+    """The remembered generations (PRAGMA data_version) move with this store's commits, another
+    process's (a second store on the file) and a commit made from another thread."""
+    url = f"sqlite:///{tmp_path / 'gens'}.sqlite"
+    first, second = open_store(url), open_store(url)
+    try:
+
+        def write(store: Any, id_: str) -> None:
+            with store.transaction() as tx:
+                tx.put(StoredResource("Patient", id_, 1, 1.0, False, b"{}"), "PUT", None)
+
+        assert first.generations(["Patient"]) == second.generations(["Patient"]) == {}
+        write(first, "a")
+        assert first.generations(["Patient"]) == second.generations(["Patient"]) == {"Patient": 1}
+        assert second.generations(["Patient", "Observation"]) == {"Patient": 1}  # unchanged: remembered
+        write(second, "b")
+        assert first.generations(["Patient"]) == {"Patient": 2}
+        thread = threading.Thread(target=write, args=(second, "c"))
+        thread.start()
+        thread.join()
+        assert first.generations(["Patient"]) == second.generations(["Patient"]) == {"Patient": 3}
+    finally:
+        first.close()
+        second.close()
 
 
 def test_values_over_the_size_limit_are_not_stored() -> None:

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import make_app
+
 FHIR = "application/fhir+json"
 
 
@@ -197,6 +199,30 @@ def test_format_negotiation_and_pretty(client: Any) -> None:
     assert client.get("/fhir/Patient/p1?_format=xml").status_code == 406
     pretty = client.get("/fhir/Patient/p1?_pretty=true")
     assert b"\n  " in pretty.data
+
+
+def test_negotiation_and_base_are_per_request_though_remembered(sqlite_url: str) -> None:
+    """The media type and the base URL are remembered per Accept/_format and per Host: each request
+    still gets its own (no answer shaped for an earlier request's headers)."""
+    app = make_app(sqlite_url, base_url="")  # no configured base: it comes from the Host header
+    client = app.test_client()
+    _put(client, "Patient/p1", _patient(id="p1"))
+    for _ in range(2):  # the second round is answered from the memo
+        for accept, status, media in [
+            ("application/json", 200, "application/json"),
+            ("application/fhir+xml", 406, None),
+            ("application/fhir+json", 200, "application/fhir+json"),
+            ("text/html", 200, "application/fhir+json"),
+        ]:
+            resp = client.get("/fhir/Patient?_id=p1", headers={"Accept": accept})
+            assert resp.status_code == status
+            if media:
+                assert resp.content_type.startswith(media)
+        for host in ("a.example:8080", "b.example"):
+            bundle = client.get("/fhir/Patient?_id=p1", headers={"Host": host}).get_json()
+            assert bundle["entry"][0]["fullUrl"] == f"http://{host}/fhir/Patient/p1"
+            assert bundle["link"][0]["url"].startswith(f"http://{host}/fhir/Patient?")
+    app.extensions["bigmed"].store.close()
 
 
 def test_if_none_match_read(client: Any) -> None:
