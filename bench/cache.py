@@ -58,7 +58,8 @@ How to read the figures
                     figure each answer carries in ``Server-Timing``). ``serve --workers`` sums the workers in
                     prometheus-client's multiprocess files, so one scrape before and one after a phase give its
                     figures; "-" (with a note) when the timed count differs from the answers received. p50 is
-                    interpolated within the buckets (0.5, 1, 1.5, 2, 3, 5 ms …): exact enough to tell <= 2 ms.
+                    interpolated within the buckets (0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5 ms …): exact
+                    enough to tell <= 2 ms.
     ``hit``         share of ``X-Cache: HIT`` among the answers that carried ``X-Cache``.
     ``rows``        entries in the first page of the kind's first URL (with ``_include``d ones), and its size:
                     what a hit has to ship.

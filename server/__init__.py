@@ -14,6 +14,7 @@ from server import errors
 from server.api import audit as audit_api
 from server.api import auth as auth_api
 from server.api import bulk as bulk_api
+from server.api import cache_front
 from server.api import cds as cds_api
 from server.api import fhir as fhir_api
 from server.api import health as health_api
@@ -57,6 +58,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(hl7v2_api.bp)
     app.register_blueprint(metrics_api.bp)
     app.register_blueprint(ui_api.bp)
+    cache_front.init_app(app)  # cache hits of reads and searches answered before the routes
     metrics_api.init_app(app)
     rare.warm_up(app.extensions["bigmed"])  # HPO ontology in a background thread (BIGMED_HPO_PRELOAD)
     return app

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
@@ -35,7 +36,19 @@ from server.audit_queue import AuditUnavailable, AuditWriter
 from server.auth.access import Access, compartment_patients, require
 from server.errors import Forbidden, Issue, MethodNotAllowed, Unavailable, operation_outcome
 
-__all__ = ["bp", "ensure_writable", "finish", "flush_trail", "init_app", "note", "persist", "refused"]
+__all__ = [
+    "Facts",
+    "bp",
+    "ensure_writable",
+    "facts_of",
+    "finish",
+    "flush_trail",
+    "init_app",
+    "note",
+    "persist",
+    "refused",
+    "request_record",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +113,43 @@ def _trail_access() -> Access:
 # -- recording ---------------------------------------------------------------------------------
 
 
-def _patients(access: Access, resp: Response, req: Request) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What a request's AuditEvent is made of: from Flask's request (:func:`facts_of`) or, for a
+    cache hit answered before Flask runs, from the WSGI environ (``server/api/cache_front.py``)."""
+
+    method: str
+    path: str
+    full_path: str  # path?query, as werkzeug's ``Request.full_path``
+    endpoint: str
+    view_args: Mapping[str, Any]
+    args: Sequence[tuple[str, str]]
+    address: str | None
+
+
+def facts_of(req: Request) -> Facts:
+    return Facts(
+        req.method,
+        req.path,
+        req.full_path,
+        req.endpoint or "",
+        req.view_args or {},
+        list(req.args.items(multi=True)),
+        req.remote_addr,
+    )
+
+
+def _patients(access: Access, status: int, body: Callable[[], bytes], facts: Facts) -> list[str]:
     found: list[str] = []
-    args = req.view_args or {}
+    args = facts.view_args
     if args.get("type_") == "Patient" and args.get("id_"):
         found.append(str(args["id_"]))
     if args.get("compartment") == "Patient" and args.get("id_"):
         found.append(str(args["id_"]))
-    path = req.path
+    path = facts.path
     if path.startswith("/fhir/Patient/") and "$" in path:
         found.append(path.split("/")[3])
-    for key, value in req.args.items(multi=True):
+    for key, value in facts.args:
         name = key.partition(":")[0]
         if name in ("patient", "subject"):
             for v in value.split(","):
@@ -119,10 +158,10 @@ def _patients(access: Access, resp: Response, req: Request) -> list[str]:
                     found.append(v)
                 elif len(ref) >= 2 and ref[-2] == "Patient":
                     found.append(ref[-1])
-    single = (args.get("id_") and args.get("type_")) or req.endpoint == "fhir.ingest_vcf_status"
-    if not found and resp.status_code == 200 and req.method == "GET" and single:
+    single = (args.get("id_") and args.get("type_")) or facts.endpoint == "fhir.ingest_vcf_status"
+    if not found and status == 200 and facts.method == "GET" and single:
         try:
-            resource = jsonio.loads(resp.get_data())
+            resource = jsonio.loads(body())
             if isinstance(resource, dict):
                 found += compartment_patients(resource)
         except ValueError:
@@ -235,36 +274,49 @@ def _check_writer() -> None:
         ensure_writable()
 
 
+def request_record(
+    access: Access,
+    facts: Facts,
+    status: int,
+    body: Callable[[], bytes],
+    located: str | None = None,
+    noted: Any = None,
+) -> audit.AuditRecord:
+    """The AuditEvent of one answered request (``body``: the answer's bytes, read only when the
+    patient must come from a read resource; ``located``: what its Location names; ``noted``: what
+    the route added with :func:`note`, ``flask.g``)."""
+    noted = {} if noted is None else noted
+    action, subtype = _SUBTYPES.get(facts.endpoint, ("E", "operation"))
+    args = facts.view_args
+    entities: list[str] = []
+    if args.get("type_") and args.get("id_"):
+        entities.append(f"{args['type_']}/{args['id_']}" + (f"/_history/{args['vid']}" if args.get("vid") else ""))
+    if located and status < 400 and not any(located.startswith(e) for e in entities):
+        entities.append(located)
+    entities += noted.get("bigmed_audit_entities", [])
+    patients = [*_patients(access, status, body, facts), *noted.get("bigmed_audit_patients", [])]
+    return audit.AuditRecord(
+        agent=access.client_id,
+        action=action,
+        subtype=subtype,
+        outcome=_outcome(status),
+        outcome_desc=None if status < 400 else f"HTTP {status}",
+        patients=list(dict.fromkeys(patients)),
+        entities=list(dict.fromkeys(entities)),
+        query=f"{facts.method} {facts.full_path.rstrip('?')}",
+        address=facts.address,
+        identifiers=noted.get("bigmed_audit_identifiers", []),
+    )
+
+
 def _record(resp: Response) -> Response:
     req: Request = request._get_current_object()  # type: ignore[attr-defined]  # once, not per attribute
     if not _audited(req):
         return resp
     state = g._get_current_object()
-    access: Access = state.bigmed_access
-    endpoint = req.endpoint or ""
-    action, subtype = _SUBTYPES.get(endpoint, ("E", "operation"))
-    args = req.view_args or {}
-    entities: list[str] = []
-    if args.get("type_") and args.get("id_"):
-        entities.append(f"{args['type_']}/{args['id_']}" + (f"/_history/{args['vid']}" if args.get("vid") else ""))
-    if resp.status_code < 400:
-        located = _location_entity(resp)
-        if located and not any(located.startswith(e) for e in entities):
-            entities.append(located)
-    entities += state.get("bigmed_audit_entities", [])
-    rec = audit.AuditRecord(
-        agent=access.client_id,
-        action=action,
-        subtype=subtype,
-        outcome=_outcome(resp.status_code),
-        outcome_desc=None if resp.status_code < 400 else f"HTTP {resp.status_code}",
-        patients=list(dict.fromkeys([*_patients(access, resp, req), *state.get("bigmed_audit_patients", [])])),
-        entities=list(dict.fromkeys(entities)),
-        query=f"{req.method} {req.full_path.rstrip('?')}",
-        address=req.remote_addr,
-        identifiers=state.get("bigmed_audit_identifiers", []),
-    )
-    return finish(resp, rec, covered=endpoint in _WRITES and resp.status_code < 400)
+    located = _location_entity(resp) if resp.status_code < 400 else None
+    rec = request_record(state.bigmed_access, facts_of(req), resp.status_code, resp.get_data, located, state)
+    return finish(resp, rec, covered=req.endpoint in _WRITES and resp.status_code < 400)
 
 
 def flush_trail() -> None:

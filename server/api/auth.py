@@ -30,7 +30,16 @@ from server.auth.ratelimit import RateLimiter
 from server.auth.token import ASSERTION_TYPE, OAuthError, TokenService
 from server.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 
-__all__ = ["PROTECTED_PREFIXES", "PUBLIC_PATHS", "bp", "init_app", "token_service"]
+__all__ = [
+    "PROTECTED_PREFIXES",
+    "PUBLIC_PATHS",
+    "authenticate",
+    "bp",
+    "init_app",
+    "rate_limited",
+    "security_headers",
+    "token_service",
+]
 
 bp = Blueprint("auth", __name__)
 
@@ -120,8 +129,8 @@ def _protected(path: str) -> bool:
     return path.startswith(PROTECTED_PREFIXES) and path not in PUBLIC_PATHS
 
 
-def _bearer() -> str | None:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+def _bearer(header: str | None) -> str | None:
+    scheme, _, value = (header or "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
@@ -130,32 +139,43 @@ def _challenge(message: str, error: str | None = None) -> Unauthorized:
     return Unauthorized(message, headers={"WWW-Authenticate": f"Bearer {params}"})
 
 
-def _authenticate() -> Access:
-    if ctx().config.auth == "open":
-        return ANONYMOUS
-    token = _bearer()
+def authenticate(app: Flask, authorization: str | None, base: str, address: str | None) -> Access:
+    """The Access of a request to a protected path (its ``Authorization`` header, the FHIR base it
+    was sent to, its source address); 401 (:class:`Unauthorized`) when it has none or a bad one.
+    Shared by the guard and the cache front (``server/api/cache_front.py``)."""
+    if app.extensions["bigmed"].config.auth == "open":
+        return replace(ANONYMOUS, address=address)
+    token = _bearer(authorization)
     if token is None:
         raise _challenge("This request needs an access token: Authorization: Bearer <token> (see /auth/token)")
     try:
-        return token_service().authenticate(token, fhir_base())
+        service: TokenService = app.extensions["bigmed_auth"]
+        return replace(service.authenticate(token, base), address=address)
     except JwtError as exc:
         raise _challenge(f"The access token is not valid: {exc}", "invalid_token") from None
+
+
+def rate_limited(app: Flask, access: Access) -> int | None:
+    """Count the request against its client's limit: seconds to wait when the limit is reached."""
+    if not access.authenticated:
+        return None  # the limit is per client: the open sandbox has none (bench/ runs thousands of req/s)
+    limiter: RateLimiter = app.extensions["bigmed_ratelimit"]
+    return limiter.hit(access.client_id)
 
 
 def _before() -> None:
     if request.method == "OPTIONS" or not _protected(request.path):
         return
-    access = replace(_authenticate(), address=request.remote_addr)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    access = authenticate(app, request.environ.get("HTTP_AUTHORIZATION"), fhir_base(), request.remote_addr)
     g.bigmed_access = access
     g.bigmed_access_token = set_access(access)
     _check_route(access)
-    if not access.authenticated:
-        return  # the limit is per client: the open sandbox has none (bench/ runs thousands of req/s)
-    limiter: RateLimiter = current_app.extensions["bigmed_ratelimit"]
-    retry = limiter.hit(access.client_id)
+    retry = rate_limited(app, access)
     if retry is not None:
+        limit = app.extensions["bigmed_ratelimit"].limit
         raise TooManyRequests(
-            f"Rate limit of {limiter.limit} requests per minute reached; retry in {retry} s",
+            f"Rate limit of {limit} requests per minute reached; retry in {retry} s",
             headers={"Retry-After": str(retry)},
         )
 
@@ -290,14 +310,19 @@ def _cors(resp: Response, origin: str) -> None:
         resp.headers["Access-Control-Max-Age"] = "600"
 
 
-def _after(resp: Response) -> Response:
-    present = {name.lower() for name, _ in resp.headers.items()}  # setdefault() raises inside per miss
-    resp.headers.extend(
+def security_headers(present: set[str], path: str, auth: str) -> list[tuple[str, str]]:
+    """The security headers an answer to ``path`` lacks (``present``: the lower-cased names it has;
+    ``auth``: the auth mode — ``Cache-Control: no-store`` goes on protected answers in smart mode)."""
+    return [
         (name, value)
         for low, name, value in _SECURITY_LIST
-        if low not in present
-        and (low != "cache-control" or (ctx().config.auth == "smart" and _protected(request.path)))
-    )
+        if low not in present and (low != "cache-control" or (auth == "smart" and _protected(path)))
+    ]
+
+
+def _after(resp: Response) -> Response:
+    present = {name.lower() for name, _ in resp.headers.items()}  # setdefault() raises inside per miss
+    resp.headers.extend(security_headers(present, request.path, ctx().config.auth))
     origin = request.environ.get("HTTP_ORIGIN")
     if origin:
         _cors(resp, origin)

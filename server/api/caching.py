@@ -12,24 +12,63 @@ cached or fresh. Search answers get a weak ETag hashed from their body.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from flask import Response, request
 
 from server.api.http import FHIR_JSON, ctx, fhir_base, negotiate
 from server.auth.access import current_access
-from server.cache import CachedAnswer, request_key
+from server.cache import CachedAnswer, QueryCache, request_key
 
-__all__ = ["ALL_TYPES", "cached"]
+__all__ = ["ALL_TYPES", "answer_key", "cached", "not_modified", "search_depends_on"]
 
 #: depend on every type (answers that read several types: chains, _has, includes, compartments)
 ALL_TYPES = ("*",)
 
 
-def _not_modified(etag: str | None, last_modified: str | None) -> bool:
-    env = request.environ  # headers read from the environ: werkzeug's Headers raise for each missing one
-    inm = env.get("HTTP_IF_NONE_MATCH")
+def search_depends_on(type_: str, names: Iterable[str]) -> Sequence[str]:
+    """The types a type-level search with parameters ``names`` reads: its own, or all when it
+    chains, reverse-chains or includes."""
+    for key in names:
+        name = key.partition(":")[0]
+        if "." in key or name in ("_has", "_include", "_revinclude") or key.startswith("_has:"):
+            return ALL_TYPES
+    return [type_]
+
+
+def answer_key(
+    cache: QueryCache,
+    types: Sequence[str],
+    path: str,
+    params: list[tuple[str, str]],
+    media: str,
+    base: str,
+    env: Mapping[str, Any],
+    scope: str,
+) -> str:
+    """The cache key of a GET: path, sorted parameters, media type, base URL, ``Prefer`` handling and
+    the authorization scope, at the current generations of ``types`` (see :meth:`QueryCache.key`).
+    One function for the route (:func:`cached`) and the WSGI front (``server/api/cache_front.py``):
+    both must name an answer alike."""
+    handling = env.get("HTTP_PREFER", "").replace(" ", "").lower()  # handling=strict: another answer
+    return cache.key(types, request_key([path, params, media, base, handling, scope]))
+
+
+def _control(env: Mapping[str, Any]) -> str:
+    return f"{env.get('HTTP_CACHE_CONTROL', '')},{env.get('HTTP_PRAGMA', '')}".lower()
+
+
+def bypassed(env: Mapping[str, Any]) -> bool:
+    """``Cache-Control``/``Pragma`` ``no-cache`` or ``no-store``: no lookup."""
+    control = _control(env)
+    return "no-cache" in control or "no-store" in control
+
+
+def not_modified(env: Mapping[str, Any], etag: str | None, last_modified: str | None) -> bool:
+    """``If-None-Match`` (else ``If-Modified-Since``) of the WSGI environ ``env`` matches the answer."""
+    inm = env.get("HTTP_IF_NONE_MATCH")  # from the environ: werkzeug's Headers raise for each missing one
     if inm is not None:
         wanted = {t.strip() for t in inm.split(",")}
         return etag is not None and ("*" in wanted or etag in wanted or etag.removeprefix("W/") in wanted)
@@ -43,7 +82,7 @@ def _not_modified(etag: str | None, last_modified: str | None) -> bool:
 
 
 def _finish(resp: Response, etag: str | None, last_modified: str | None) -> Response:
-    if _not_modified(etag, last_modified):
+    if not_modified(request.environ, etag, last_modified):
         headers = {k: v for k, v in (("ETag", etag), ("Last-Modified", last_modified)) if v}
         return Response(status=304, headers=headers)
     return resp
@@ -62,12 +101,9 @@ def cached(types: Sequence[str], produce: Callable[[], Response], media: str | N
     env = req.environ
     media = media or negotiate()
     params = sorted(req.args.items(multi=True))
-    handling = env.get("HTTP_PREFER", "").replace(" ", "").lower()  # handling=strict: another answer
     # the authorization context is part of the key: one client never gets an answer cached for another
-    scope = current_access().cache_scope
-    key = cache.key(types, request_key([req.path, params, media, fhir_base(), handling, scope]))
-    control = f"{env.get('HTTP_CACHE_CONTROL', '')},{env.get('HTTP_PRAGMA', '')}".lower()
-    if "no-cache" not in control and "no-store" not in control:
+    key = answer_key(cache, types, req.path, params, media, fhir_base(), env, current_access().cache_scope)
+    if not bypassed(env):
         hit = cache.get(key)
         if hit is not None:
             headers = {"ETag": hit.etag, "X-Cache": "HIT"}
@@ -81,6 +117,6 @@ def cached(types: Sequence[str], produce: Callable[[], Response], media: str | N
         etag = resp.headers.get("ETag") or f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
         resp.headers["ETag"] = etag
         resp.headers["X-Cache"] = "MISS"
-        if "no-store" not in control:
+        if "no-store" not in _control(env):
             cache.put(key, CachedAnswer(body, etag, resp.headers.get("Last-Modified")))
     return _finish(resp, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))

@@ -8,13 +8,12 @@ OperationOutcomes in :mod:`server.errors`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, Response, request
 
 from server import jsonio
-from server.api.caching import ALL_TYPES, cached
+from server.api.caching import cached, search_depends_on
 from server.api.http import (
     ctx,
     fhir_base,
@@ -123,20 +122,11 @@ def search_all() -> Response:
 # -- type level --------------------------------------------------------------------------
 
 
-def _depends_on(type_: str) -> Sequence[str]:
-    """The types a type-level search reads: its own, or all when it chains, reverse-chains or includes."""
-    for key in request.args:
-        name = key.partition(":")[0]
-        if "." in key or name in ("_has", "_include", "_revinclude") or key.startswith("_has:"):
-            return ALL_TYPES
-    return [type_]
-
-
 @bp.get("/<type_>")
 def search_type(type_: str) -> Response:
     media = negotiate()
     return cached(
-        _depends_on(type_),
+        search_depends_on(type_, request.args),
         lambda: fhir_response(search(ctx(), fhir_base(), type_, query_pairs(), strict=_strict()), media=media),
         media,
     )

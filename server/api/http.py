@@ -10,6 +10,7 @@ Bodies must be JSON with one of those content types (415 otherwise), at most
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Response, current_app, request
@@ -24,6 +25,8 @@ __all__ = [
     "fhir_base",
     "fhir_response",
     "if_match",
+    "memo_base",
+    "memo_media",
     "negotiate",
     "prefer",
     "pretty",
@@ -48,19 +51,34 @@ _bases: dict[tuple[Any, ...], str] = {}
 _media: dict[tuple[str | None, str | None], str] = {}
 
 
+def _base_key(environ: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        environ.get("wsgi.url_scheme"),
+        environ.get("HTTP_HOST"),
+        environ.get("SERVER_NAME"),
+        environ.get("SERVER_PORT"),
+    )
+
+
+def memo_base(configured: str | None, environ: Mapping[str, Any]) -> str | None:
+    """The base :func:`fhir_base` gave a request with this Host before (None: not yet seen)."""
+    return f"{configured}/fhir" if configured else _bases.get(_base_key(environ))
+
+
 def fhir_base() -> str:
     """``{scheme}://{host}/fhir`` of the request (or ``BIGMED_BASE_URL``/fhir), remembered per Host."""
     configured = ctx().config.base_url
-    if configured:
-        return f"{configured}/fhir"
-    env = request.environ
-    key = (env.get("wsgi.url_scheme"), env.get("HTTP_HOST"), env.get("SERVER_NAME"), env.get("SERVER_PORT"))
-    base = _bases.get(key)
+    base = memo_base(configured, request.environ)
     if base is None:  # werkzeug's host_url (IRI decoding, default ports) costs ~30 µs a request
         base = f"{request.host_url.rstrip('/')}/fhir"
         if len(_bases) < _MEMO_LIMIT:
-            _bases[key] = base
+            _bases[_base_key(request.environ)] = base
     return base
+
+
+def memo_media(fmt: str | None, accept: str | None) -> str | None:
+    """The media type :func:`negotiate` chose for this ``_format`` and Accept before (None: not yet)."""
+    return _media.get((fmt, accept))
 
 
 def negotiate() -> str:

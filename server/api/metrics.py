@@ -43,8 +43,29 @@ LATENCY = Histogram(
     "bigmed_request_seconds",
     "Server-side request time by interaction (WSGI app entry to response start)",
     ["interaction"],
-    # fine below 5 ms: the cache's goal (p50 <= 2 ms) is read off these buckets
-    buckets=(0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+    # fine below 5 ms: the cache's goal (p50 <= 2 ms) is read off these buckets, and a hit takes ~0.1-0.3 ms
+    buckets=(
+        0.0001,
+        0.0002,
+        0.0003,
+        0.0005,
+        0.00075,
+        0.001,
+        0.0015,
+        0.002,
+        0.003,
+        0.005,
+        0.0075,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        10.0,
+    ),
 )
 
 _DB_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
@@ -84,6 +105,10 @@ def worker_exited(pid: int, directory: str) -> None:
 
 StartResponse = Callable[..., Any]
 
+#: environ key where a WSGI layer that answers without Flask (server/api/cache_front.py) names the
+#: interaction it served: the metrics label it as Flask's endpoint would be
+ENDPOINT_KEY = "bigmed.endpoint"
+
 
 class ServerTiming:
     """WSGI wrapper: times each request up to the start of its response (histogram + header)."""
@@ -98,7 +123,7 @@ class ServerTiming:
         def timed_start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             elapsed = time.perf_counter() - started
             req = environ.get("werkzeug.request")
-            interaction = getattr(req, "endpoint", None) or "unknown"
+            interaction = getattr(req, "endpoint", None) or environ.get(ENDPOINT_KEY) or "unknown"
             if interaction != "metrics.metrics":
                 series = self._series.get((interaction, status[:1]))
                 if series is None:  # labels() locks and looks up: once per (interaction, status class)
