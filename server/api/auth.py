@@ -31,6 +31,7 @@ from server.auth.token import ASSERTION_TYPE, OAuthError, TokenService
 from server.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 
 __all__ = [
+    "ACCESS_ENVIRON",
     "PROTECTED_PREFIXES",
     "PUBLIC_PATHS",
     "authenticate",
@@ -163,11 +164,19 @@ def rate_limited(app: Flask, access: Access) -> int | None:
     return limiter.hit(access.client_id)
 
 
+#: environ key where the cache front leaves the Access it authenticated for a request it then
+#: passed on (a miss): the guard uses it instead of checking the token again
+ACCESS_ENVIRON = "bigmed.access"
+
+
 def _before() -> None:
     if request.method == "OPTIONS" or not _protected(request.path):
         return
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    access = authenticate(app, request.environ.get("HTTP_AUTHORIZATION"), fhir_base(), request.remote_addr)
+    env = request.environ
+    access = env.get(ACCESS_ENVIRON) or authenticate(
+        app, env.get("HTTP_AUTHORIZATION"), fhir_base(), request.remote_addr
+    )
     g.bigmed_access = access
     g.bigmed_access_token = set_access(access)
     _check_route(access)

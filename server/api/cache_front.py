@@ -19,6 +19,10 @@ and ``GET /fhir/{type}/{id}`` from the query cache itself when it can do all a r
   (writer failing, queue full) the request goes to Flask, which refuses it (503, fail closed);
 * ``If-None-Match``/``If-Modified-Since`` -> 304, security headers, ``X-Cache: HIT``.
 
+On a miss the front leaves the Access it authenticated and the key it computed in the environ
+(``auth.ACCESS_ENVIRON``, ``caching.KEY_ENVIRON``): the guard and the route use them instead of
+checking the token and reading the generations a second time.
+
 Anything else goes to Flask unchanged: a miss, ``Cache-Control: no-cache``, a cross-origin request
 (CORS), a media type or host not negotiated before (the memo in :mod:`server.api.http` fills on the
 first request), the synchronous audit mode, a token that does not authenticate (Flask answers the
@@ -36,8 +40,8 @@ from urllib.parse import parse_qsl
 from flask import Flask
 
 from server.api import audit as audit_api
-from server.api.auth import authenticate, rate_limited, security_headers
-from server.api.caching import answer_key, bypassed, not_modified, search_depends_on
+from server.api.auth import ACCESS_ENVIRON, authenticate, rate_limited, security_headers
+from server.api.caching import KEY_ENVIRON, answer_key, bypassed, not_modified, search_depends_on
 from server.api.http import FHIR_JSON, memo_base, memo_media
 from server.api.metrics import ENDPOINT_KEY
 from server.audit_queue import AuditUnavailable
@@ -106,7 +110,10 @@ class CacheFront:
         access = authenticate(self.app, environ.get("HTTP_AUTHORIZATION"), base, address)
         key = answer_key(cache, types, path, sorted(args), media, base, environ, access.cache_scope)
         hit = cache.get(key)
-        if hit is None or rate_limited(self.app, access) is not None:
+        if hit is None:  # the routes answer; they need not check the token or compute the key again
+            environ[ACCESS_ENVIRON], environ[KEY_ENVIRON] = access, key
+            return None
+        if rate_limited(self.app, access) is not None:
             return None
         status = 304 if not_modified(environ, hit.etag, hit.last_modified) else 200
         if cfg.audit and writer is not None:

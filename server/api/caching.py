@@ -22,10 +22,13 @@ from server.api.http import FHIR_JSON, ctx, fhir_base, negotiate
 from server.auth.access import current_access
 from server.cache import CachedAnswer, QueryCache, request_key
 
-__all__ = ["ALL_TYPES", "answer_key", "cached", "not_modified", "search_depends_on"]
+__all__ = ["ALL_TYPES", "KEY_ENVIRON", "answer_key", "bypassed", "cached", "not_modified", "search_depends_on"]
 
 #: depend on every type (answers that read several types: chains, _has, includes, compartments)
 ALL_TYPES = ("*",)
+#: environ key where the cache front leaves the key it computed for a request it could not answer
+#: (a miss): the route uses it instead of computing it again (same function, same inputs)
+KEY_ENVIRON = "bigmed.cache_key"
 
 
 def search_depends_on(type_: str, names: Iterable[str]) -> Sequence[str]:
@@ -102,7 +105,9 @@ def cached(types: Sequence[str], produce: Callable[[], Response], media: str | N
     media = media or negotiate()
     params = sorted(req.args.items(multi=True))
     # the authorization context is part of the key: one client never gets an answer cached for another
-    key = answer_key(cache, types, req.path, params, media, fhir_base(), env, current_access().cache_scope)
+    key = env.get(KEY_ENVIRON) or answer_key(
+        cache, types, req.path, params, media, fhir_base(), env, current_access().cache_scope
+    )
     if not bypassed(env):
         hit = cache.get(key)
         if hit is not None:

@@ -87,12 +87,12 @@ def negotiate() -> str:
     Remembered per (``_format``, ``Accept``) pair: parsing the Accept header is a large share of
     a cached answer's cost.
     """
-    key = (request.args.get("_format"), request.environ.get("HTTP_ACCEPT"))
-    chosen = _media.get(key)
+    fmt, accept = request.args.get("_format"), request.environ.get("HTTP_ACCEPT")
+    chosen = memo_media(fmt, accept)
     if chosen is None:
-        chosen = _negotiate(key[0])
+        chosen = _negotiate(fmt)
         if len(_media) < _MEMO_LIMIT:
-            _media[key] = chosen
+            _media[(fmt, accept)] = chosen
     return chosen
 
 

@@ -133,3 +133,35 @@ def test_tokens_clients_and_limits_hold_for_front_hits(database_url: str) -> Non
         assert routes.count(c, "/fhir/Patient?_id=p2", headers=hp)[0].status_code == 401
     finally:
         store.close()
+
+
+def test_a_miss_checks_the_token_and_computes_the_key_once(sqlite_url: str) -> None:
+    """The front hands what it computed for a miss to the routes: no second token check or key."""
+    application = make_app(sqlite_url, auth="smart", rate_limit=0)
+    store = application.extensions["bigmed"].store
+    try:
+        add_client(store, "sys", scopes="system/*.cruds", jwks=rsa_key().jwks)
+        c = application.test_client()
+        h = bearer(c, "sys", "system/*.cruds")
+        c.get("/fhir/Patient", headers=h)  # the routes learn this Accept and Host: the front can act
+        calls: dict[str, int] = {"authenticate": 0, "key": 0}
+        service, cache = application.extensions["bigmed_auth"], application.extensions["bigmed"].cache
+
+        def counting(obj: Any, name: str, counter: str) -> None:
+            original = getattr(obj, name)
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                calls[counter] += 1
+                return original(*args, **kwargs)
+
+            setattr(obj, name, wrapper)
+
+        counting(service, "authenticate", "authenticate")
+        counting(cache, "key", "key")
+        miss = c.get("/fhir/Patient?_id=nobody", headers=h)
+        assert miss.status_code == 200 and miss.headers["X-Cache"] == "MISS"
+        assert calls == {"authenticate": 1, "key": 1}
+        hit = c.get("/fhir/Patient?_id=nobody", headers=h)
+        assert hit.headers["X-Cache"] == "HIT" and calls == {"authenticate": 2, "key": 2}
+    finally:
+        store.close()
