@@ -57,7 +57,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 # fhirpathpy is untyped (pyproject's mypy override covers it); used for fallbacks only.
 from fhirpathpy import compile as fp_compile
@@ -151,19 +151,29 @@ def _str(value: Any) -> str | None:
 #: emptying them when full; strings longer than ``_MEMO_MAX_LEN`` are not remembered.
 _MEMO_SIZE = 20_000
 _MEMO_MAX_LEN = 128
-_normalized: dict[str, str] = {}
+
+V = TypeVar("V")
+
+
+class _Memo(dict[str, V]):
+    """``memo[key]``: ``compute(key)``, remembered for short keys (a hit is one dict lookup in C)."""
+
+    def __init__(self, compute: Callable[[str], V]) -> None:
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, key: str) -> V:
+        out = self.compute(key)
+        if len(key) <= _MEMO_MAX_LEN:
+            if len(self) >= _MEMO_SIZE:
+                self.clear()
+            self[key] = out
+        return out
 
 
 def normalize_string(value: str) -> str:
     """The string-index form: case-folded, accents stripped, whitespace collapsed."""
-    out = _normalized.get(value)
-    if out is None:
-        out = _normalize(value)
-        if len(value) <= _MEMO_MAX_LEN:
-            if len(_normalized) >= _MEMO_SIZE:
-                _normalized.clear()
-            _normalized[value] = out
-    return out
+    return _normalized[value]
 
 
 def _normalize(value: str) -> str:
@@ -174,22 +184,14 @@ def _normalize(value: str) -> str:
     return " ".join(stripped.split())
 
 
+_normalized = _Memo(_normalize)
+
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
-
-
-_targets: dict[str, tuple[str | None, str | None]] = {}
 
 
 def reference_target(reference: str) -> tuple[str | None, str | None]:
     """(type, id) of a literal reference, relative or absolute; (None, None) if not parseable."""
-    out = _targets.get(reference)
-    if out is None:
-        out = _reference_target(reference)
-        if len(reference) <= _MEMO_MAX_LEN:
-            if len(_targets) >= _MEMO_SIZE:
-                _targets.clear()
-            _targets[reference] = out
-    return out
+    return _targets[reference]
 
 
 def _reference_target(reference: str) -> tuple[str | None, str | None]:
@@ -199,6 +201,9 @@ def _reference_target(reference: str) -> tuple[str | None, str | None]:
     if m is None:
         return None, None
     return m.group(1), m.group(2)
+
+
+_targets = _Memo(_reference_target)
 
 
 def _reference_type(value: Any) -> str | None:
@@ -236,9 +241,7 @@ def _token_coding(rows: IndexRows, code: str, value: Any) -> None:
         if display.__class__ is not str or not display:
             display = None
         if system or c or display:
-            rows.token.append(
-                (code, system, c, (_normalized.get(display) or normalize_string(display)) if display else None)
-            )
+            rows.token.append((code, system, c, _normalized[display] if display else None))
 
 
 def _token_codeable_concept(rows: IndexRows, code: str, value: Any) -> None:
@@ -250,7 +253,7 @@ def _token_codeable_concept(rows: IndexRows, code: str, value: Any) -> None:
             _token_coding(rows, code, coding)
     text = value.get("text")
     if isinstance(text, str) and text:
-        rows.token.append((code, None, None, _normalized.get(text) or normalize_string(text)))
+        rows.token.append((code, None, None, _normalized[text]))
 
 
 def _token_identifier(rows: IndexRows, code: str, value: Any) -> None:
@@ -264,7 +267,7 @@ def _token_identifier(rows: IndexRows, code: str, value: Any) -> None:
     if system or v:
         typ = value.get("type")
         text = _str(typ.get("text")) if isinstance(typ, dict) else None
-        rows.token.append((code, system, v, (_normalized.get(text) or normalize_string(text)) if text else None))
+        rows.token.append((code, system, v, _normalized[text] if text else None))
         codings = typ.get("coding") if isinstance(typ, dict) and v else None
         if isinstance(codings, list):
             for coding in codings:
@@ -282,7 +285,7 @@ def _token_contact_point(rows: IndexRows, code: str, value: Any) -> None:
 
 def _string_primitive(rows: IndexRows, code: str, value: Any) -> None:
     if isinstance(value, str) and value:
-        rows.string.append((code, _normalized.get(value) or normalize_string(value), value))
+        rows.string.append((code, _normalized[value], value))
 
 
 def _string_parts(keys: Sequence[str]) -> Emit:
@@ -296,7 +299,7 @@ def _string_parts(keys: Sequence[str]) -> Emit:
                 continue
             for p in part if isinstance(part, list) else (part,):
                 if isinstance(p, str) and p:
-                    out.append((code, _normalized.get(p) or normalize_string(p), p))
+                    out.append((code, _normalized[p], p))
 
     return emit
 
@@ -306,7 +309,7 @@ def _reference_reference(rows: IndexRows, code: str, value: Any) -> None:
         return
     ref = value.get("reference")
     if isinstance(ref, str) and ref and not ref.startswith("#"):
-        rtype, rid = _targets.get(ref) or reference_target(ref)
+        rtype, rid = _targets[ref]
         rows.reference.append((code, rtype, rid, ref))
     ident = value.get("identifier")
     if isinstance(ident, dict):
@@ -345,24 +348,12 @@ def _epoch_day(y: int, m: int, d: int) -> int:
     return days - 719162  # 719162 = days from 0001-01-01 to 1970-01-01
 
 
-_ranges: dict[str, tuple[float, float] | None] = {}
-_UNSET: Any = object()
-
-
 def date_range(value: str) -> tuple[float, float] | None:
     """[low, high) in UTC epoch seconds of a FHIR date/dateTime/instant, covering its precision.
 
-    No time zone means UTC. None if the string is not a FHIR date.
+    No time zone means UTC. None if the string is not a FHIR date (remembered too).
     """
-    out = _ranges.get(value, _UNSET)
-    if out is not _UNSET:
-        return out
-    out = _date_range(value)
-    if len(value) <= _MEMO_MAX_LEN:
-        if len(_ranges) >= _MEMO_SIZE:
-            _ranges.clear()
-        _ranges[value] = out
-    return out
+    return _ranges[value]
 
 
 def _date_range(value: str) -> tuple[float, float] | None:
@@ -403,9 +394,12 @@ def _date_range(value: str) -> tuple[float, float] | None:
     return low, low + width
 
 
+_ranges = _Memo(_date_range)
+
+
 def _date_primitive(rows: IndexRows, code: str, value: Any) -> None:
     if isinstance(value, str):
-        rng = _ranges.get(value) or date_range(value)
+        rng = _ranges[value]
         if rng is not None:
             rows.date.append((code, rng[0], rng[1]))
 
