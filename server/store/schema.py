@@ -6,7 +6,9 @@ Tables (one DDL text, rendered per dialect):
                ``res_id``, ``version``, ``ts`` (lastUpdated, UTC epoch seconds), ``deleted``.
 ``history``    every version, ``seq`` ordered: ``rid``, ``res_type``, ``res_id``, ``version``,
                ``ts``, ``deleted``, ``method``, ``content`` (the JSON served, JSONB on
-               PostgreSQL, the exact bytes on SQLite; NULL for a delete tombstone), ``raw``
+               PostgreSQL, the exact bytes on SQLite compressed as a zstd frame by
+               :mod:`server.store.content`, or plain JSON in rows written before it; NULL
+               for a delete tombstone), ``raw``
                (PostgreSQL only, and only when JSONB would print a number differently from
                the client, e.g. ``1.0E+245``: the exact bytes, served instead). The current
                content is read by joining ``resources`` to ``history`` on (rid, version), so

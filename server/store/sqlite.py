@@ -1,5 +1,8 @@
 """SQLite store: one writer connection, WAL, readers on their own per-thread connections.
 
+Resource JSON is stored compressed (:mod:`server.store.content`: zstd with a shipped dictionary)
+and given back as the exact bytes written.
+
 ``BEGIN IMMEDIATE`` takes SQLite's write lock at the start of every write transaction, so
 writers are serialised across threads (a process lock) and across gunicorn worker processes
 (SQLite's own lock, waited on with ``busy_timeout``); a conditional create's search and insert
@@ -15,7 +18,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+from server.store import content
 from server.store.sql import Cursor, SqlStoreBase, SqlWriteTx
 
 __all__ = ["SqliteStore"]
@@ -32,6 +37,11 @@ def _path_from_url(url: str) -> tuple[str, bool]:
         return f"file:bigmed-mem-{next(_memory_ids)}?mode=memory&cache=shared", True
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return path, False
+
+
+class _SqliteWriteTx(SqlWriteTx):
+    def _content_value(self, data: bytes) -> tuple[Any, bytes | None]:
+        return content.compress(data), None
 
 
 class SqliteStore(SqlStoreBase):
@@ -68,6 +78,9 @@ class SqliteStore(SqlStoreBase):
             self._local.conn = conn
         yield conn.cursor()
 
+    def _decode(self, stored: Any) -> bytes | None:
+        return None if stored is None else content.decompress(stored)
+
     def generations(self, types: Sequence[str]) -> dict[str, int]:
         """Per-type generations, re-read only when another connection committed since the last look.
 
@@ -96,7 +109,7 @@ class SqliteStore(SqlStoreBase):
             cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                tx = SqlWriteTx(self, cur)
+                tx = _SqliteWriteTx(self, cur)
                 yield tx
                 tx.bump_generations()
             except BaseException:
