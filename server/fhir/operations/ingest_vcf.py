@@ -20,8 +20,9 @@ this module stores the result. It is the bulk path for genomic data:
 - **No model validation on the hot path.** The mapper's output is validated by its own tests
   (R4 StructureDefinitions and the R4B models); here only the Patient's existence is checked.
 - **Batched writes** through :meth:`server.store.base.WriteTx.put_many` (one ``executemany`` or
-  ``COPY`` per table per batch of :data:`BATCH` resources), the bulk loader's fast path
-  (:mod:`server.fhir.load`). With ``workers=1`` (the CLI's default on 2+ cores) a forked process
+  ``COPY`` per table per batch of :data:`BATCH` resources; the first batches are smaller, an
+  eighth of it doubling up to it, so that the writer starts early), the bulk loader's fast
+  path (:mod:`server.fhir.load`). With ``workers=1`` (the CLI's default on 2+ cores) a forked process
   maps, indexes and serialises the next batch while this one writes (threads would not overlap:
   both halves are mostly Python and hold the GIL).
 - **Only what is searched is indexed** (:data:`INDEXED`): ingested Observations get the rows of
@@ -375,6 +376,7 @@ _BATCH = "batch"
 def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[list[Prepared]]:
     """Batches of (type, id, content stamped as version 1 at ``ts``, index rows by table, range rows)."""
     batch: list[Prepared] = []
+    size = max(BATCH // 8, 1)  # the writer waits for the first batch: small ones first, then BATCH
     last_updated = instant(ts)
     for resource in mapping.resources():
         type_ = resource["resourceType"]
@@ -387,9 +389,10 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[l
         meta["lastUpdated"] = last_updated
         resource["meta"] = meta
         batch.append((type_, resource["id"], jsonio.dumps(resource), _TABLES_OF(rows), ranges))
-        if len(batch) >= BATCH:
+        if len(batch) >= size:
             yield batch
             batch = []
+            size = min(size * 2, BATCH)
     yield batch
 
 

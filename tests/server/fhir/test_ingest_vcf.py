@@ -241,6 +241,17 @@ def test_fast_index_rows_equal_the_search_registrys(app: Any, path: Path) -> Non
         assert set(lean.params_for(type_)) >= codes, type_
 
 
+def test_batches_start_small_and_grow_to_batch(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer waits for the first batch only: it is BATCH/8, and each next one doubles up to BATCH."""
+    monkeypatch.setattr(ingest, "BATCH", 16)
+    mapping = map_vcf(shared(HG00404), "p1")
+    batches = list(ingest._prepare_all(mapping, ingest.Indexer(_ctx(app).registry), 1.0))
+    sizes = [len(b) for b in batches]
+    assert sizes[:5] == [2, 4, 8, 16, 16]
+    assert all(n == 16 for n in sizes[3:-1]) and 0 < sizes[-1] <= 16
+    assert sum(sizes) == sum(1 for _ in map_vcf(HG00404, "p1").resources())
+
+
 def test_fast_index_falls_back_when_a_parameter_changes(app: Any, caplog: pytest.LogCaptureFixture) -> None:
     ctx = _ctx(app)
     indexer = ingest.Indexer(ctx.registry)
