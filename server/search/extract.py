@@ -40,6 +40,9 @@ Row semantics (one builder per parameter type and value type, shared with the fa
   open Period ends are ``-1e18``/``1e18``; Timing gives the outer limits of its events/bounds.
 * number / quantity / uri: the value (Decimal kept), Money as ISO 4217 quantity.
 * ``_id`` and ``_lastUpdated`` are not indexed: the ``resources`` table has them (``RESOURCE_COLUMNS``).
+* union parameters (:meth:`server.search.registry.Registry.unions`: R4's ``combo-*``, whose
+  expression is the union of other parameters' expressions) are not indexed either: their rows
+  would repeat those of the parameters they unite, which a search reads instead.
 * composite (search.html#composite): the composite's expression selects items (the resource
   itself, or e.g. each ``Observation.component``); each component's expression is evaluated on
   the item (``%resource.…`` on the resource) with the row builder of the component parameter's
@@ -1317,9 +1320,9 @@ class _CompositeItems:
     ``(values fn, row builder, evaluated on the resource)`` triple; ``item keys`` (when every
     part reads a known JSON property of the item, else None) lets an item lacking all of them
     be skipped without evaluating anything; ``tables`` are the index tables the component's row
-    builders write. Composites with the same items and components (``code-value-quantity`` and
-    the first branch of ``combo-code-value-quantity``) share one instance, evaluated once per
-    resource.
+    builders write. Composites with the same items and components (two parameters defined
+    alike, e.g. one from ``profiles/`` repeating an R4 one) share one instance, evaluated once
+    per resource.
     """
 
     __slots__ = ("components", "fn", "key", "needs")
@@ -1580,11 +1583,10 @@ class TypeExtractor:
     """All index extractors of one resource type, compiled once; call it with a resource.
 
     ``plan`` lists ``(code, values fn, row builder)`` per compiled branch. Identical union
-    branches of different parameters (``Observation.code`` in ``code`` and ``combo-code``) share
-    one compiled function, and functions are grouped by the top-level JSON property they read,
-    so a resource only pays for the properties it has. ``source`` is the Python code generated
-    for those groups (see :func:`_generate_handlers`), used for dict resources; any other
-    Mapping goes through the closures.
+    branches of different parameters share one compiled function, and functions are grouped by
+    the top-level JSON property they read, so a resource only pays for the properties it has.
+    ``source`` is the Python code generated for those groups (see :func:`_generate_handlers`),
+    used for dict resources; any other Mapping goes through the closures.
     """
 
     __slots__ = (
@@ -1609,10 +1611,11 @@ class TypeExtractor:
         cache: _CompileCache = {}
         shared: dict[tuple[Any, ...], _CompositeItems] = {}
         compiled: dict[str, CompiledExpression] = {}
+        unions = registry.unions(resource_type)
         for code, param in sorted(registry.params_for(resource_type).items()):
             expression = param.expression_for(resource_type)
-            if param.type == "special" or not expression or code in RESOURCE_COLUMNS:
-                continue  # near (special), expression-less and resources-table parameters are not indexed
+            if param.type == "special" or not expression or code in RESOURCE_COLUMNS or code in unions:
+                continue  # near (special), expression-less, resources-table and union parameters are not indexed
             if param.type == "composite":
                 composite = _compile_composite(registry, resource_type, param, expression, cache, shared)
                 if composite is not None:

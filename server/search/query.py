@@ -35,6 +35,10 @@ Parameter types (search.html#ptypes) and modifiers (#modifiers):
 * composite: ``c1$c2[$c3]``, each component parsed by its component parameter's type; all
   components must match the same item (rows grouped by ``grp``, see ``server/store/schema.py``).
 * ``:missing=true|false`` on every type.
+* union parameters (``combo-code`` is ``code`` | ``component-code``, see
+  ``Registry.unions``) have no rows of their own: a clause on one is the OR of the same clause
+  on each parameter it unites (AND for ``:not`` and ``:missing=true``), so a composite union
+  matches its components on one item of one of them; ``_sort`` reads the rows of all of them.
 * special (``near``): not supported — reported as an ignored parameter.
 
 Common parameters: ``_id`` and ``_lastUpdated`` (columns of the resources table: ``res_id``,
@@ -564,6 +568,9 @@ class _Parser:
             raise BadRequest(f"Modifier ':{modifier}' is not supported on search parameter '{sp.code}' ({kind})")
         if type_modifier and sp.target and modifier not in sp.target:
             raise BadRequest(f"'{sp.code}' cannot refer to a {modifier} (targets: {', '.join(sp.target)})")
+        sources = self.registry.union_sources(sp.base[0], sp.code) if len(sp.base) == 1 else ()
+        if sources:
+            return self.union_clause(a, types, sources, modifier, raw)
         scope, scope_params = _scope_sql("res_type", types)
         if modifier == "missing":
             return self.missing_clause(a, sp, scope, scope_params, raw)
@@ -609,6 +616,17 @@ class _Parser:
         drive = _drive_rank(kind, modifier, values) if table == kind else None
         probe_args = [sp.code, *[x for _, ps in conds for x in ps]]
         return Clause(f"{a}.rid IN ({sub})", args, rids=(sub, args), exists=(exists, probe_args), drive=drive)
+
+    def union_clause(
+        self, a: str, types: Sequence[str] | None, sources: Sequence[SearchParam], modifier: str | None, raw: str
+    ) -> Clause:
+        """A union parameter (``combo-code``: ``code`` | ``component-code``; ``Registry.unions``) has
+        no rows of its own: it matches when one of its sources does, and for ``:not`` and
+        ``:missing=true`` (no value at all) when none does."""
+        parts = [self.one_param(a, types, source, modifier, raw) for source in sources]
+        negated = modifier == "not" or (modifier == "missing" and raw.lower() == "true")
+        joiner = " AND " if negated else " OR "
+        return Clause("(" + joiner.join(c.sql for c in parts) + ")", [x for c in parts for x in c.params])
 
     def missing_clause(self, a: str, sp: SearchParam, scope: str, scope_params: list[Any], raw: str) -> Clause:
         if raw.lower() not in ("true", "false"):
@@ -763,8 +781,10 @@ class _Parser:
                     unknown.append(f"_sort={item}")
                     continue
                 agg, col = _SORT_COLUMNS[sp.type][1 if desc else 0]
-                sql = f"(SELECT {agg}(s.{col}) FROM idx_{sp.type} s WHERE s.rid = r.rid AND s.param = ?)"
-                keys.append(SortKey(name, desc, sql, (sp.code,)))
+                codes = [q.code for q in self.registry.union_sources(sp.base[0], sp.code)] or [sp.code]
+                marks = ", ".join("?" for _ in codes)
+                sql = f"(SELECT {agg}(s.{col}) FROM idx_{sp.type} s WHERE s.rid = r.rid AND s.param IN ({marks}))"
+                keys.append(SortKey(name, desc, sql, tuple(codes)))
         return keys
 
     def include_specs(self, raw: str, reverse: bool, iterate: bool, unknown: list[str], key: str) -> IncludeSpec | None:

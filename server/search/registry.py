@@ -7,6 +7,11 @@ SearchParameter JSON in ``profiles/`` (our own, e.g. the genomics parameters). A
 every resource type derived from it. Definitions: http://hl7.org/fhir/R4/searchparameter.html,
 semantics: http://hl7.org/fhir/R4/search.html.
 
+Union parameters (:meth:`Registry.unions`), whose expression is exactly the union of other
+parameters' expressions (R4's ``combo-*`` on Observation), are recognised from the definitions
+alone: they are not indexed (:mod:`server.search.extract`) and are searched through the
+parameters they unite (:mod:`server.search.query`).
+
 The same vendored file carries the R4 type model (type hierarchy and the declared types of every
 element, from the base StructureDefinitions): :class:`TypeModel` answers "what is
 ``Observation.value``?" so that ``extract`` can compile expressions without guessing from data.
@@ -289,6 +294,7 @@ class Registry:
         self._by_type: Mapping[str, Mapping[str, SearchParam]] = {
             rt: MappingProxyType(params) for rt, params in by_type.items()
         }
+        self._unions: dict[str, Mapping[str, tuple[SearchParam, ...]]] = {}
 
     @classmethod
     def load(cls, extra_paths: Iterable[str | Path] | None = None) -> Registry:
@@ -314,6 +320,65 @@ class Registry:
 
     def get(self, resource_type: str, code: str) -> SearchParam | None:
         return self.params_for(resource_type).get(code)
+
+    def union_sources(self, resource_type: str, code: str) -> tuple[SearchParam, ...]:
+        """The parameters whose values together are exactly this one's, or () (see :meth:`unions`).
+
+        ``resource_type`` is the parameter's base (a union parameter has exactly one)."""
+        return self.unions(resource_type).get(code, ())
+
+    def unions(self, resource_type: str) -> Mapping[str, tuple[SearchParam, ...]]:
+        """Union parameters of ``resource_type``: code -> the parameters it is the union of.
+
+        A parameter is a union when it has one base (``resource_type``), and the branches of its
+        expression (its top-level ``|`` parts) are exactly the branches of other parameters of
+        the same type together, each of them having fewer branches, and, for a composite, the
+        same components (type and expression) as each of them. R4's ``combo-code`` is
+        ``Observation.code | Observation.component.code``: ``code`` with ``component-code``. Its
+        index rows would repeat theirs, so the extractor writes none for it and a search reads
+        theirs (:mod:`server.search.query`). In R4 these are the six ``combo-*`` parameters of
+        Observation (a fifth of the index rows of the Synthea sample).
+        """
+        found = self._unions.get(resource_type)
+        if found is None:
+            found = self._unions[resource_type] = MappingProxyType(self._find_unions(resource_type))
+        return found
+
+    def _find_unions(self, resource_type: str) -> dict[str, tuple[SearchParam, ...]]:
+        params = self.params_for(resource_type)
+        branches: dict[str, frozenset[str]] = {}
+        for code, p in params.items():
+            expression = p.expression_for(resource_type)
+            if expression and p.type not in ("special", "reference") and not code.startswith("_"):
+                branches[code] = frozenset(split_union(expression))
+        out: dict[str, tuple[SearchParam, ...]] = {}
+        for code, mine in branches.items():
+            p = params[code]
+            parts = [
+                params[other]
+                for other, theirs in sorted(branches.items())
+                if other != code
+                and params[other].type == p.type
+                and len(theirs) < len(mine)
+                and theirs <= mine
+                and self._components(params[other]) == self._components(p)
+            ]
+            if (
+                p.base == (resource_type,)  # one base: a search finds the union by the parameter alone
+                and len(mine) > 1
+                and parts
+                and frozenset().union(*(branches[q.code] for q in parts)) == mine
+            ):
+                out[code] = tuple(parts)
+        return out
+
+    def _components(self, param: SearchParam) -> tuple[tuple[str | None, str], ...]:
+        """A composite's components as (type, expression): what makes two composites' items compare alike."""
+        out = []
+        for url, expression in param.components:
+            component = self.by_url(url)
+            out.append((component.type if component is not None else None, expression))
+        return tuple(out)
 
     def by_url(self, url: str) -> SearchParam | None:
         """A parameter by its canonical url (e.g. a composite's component definition)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,24 @@ def test_reindex_command(app: Any, database_url: str, monkeypatch: pytest.Monkey
     assert main(["reindex", "--type", "Observation", "--quiet"]) == 0
     assert "reindexed 5 of 5 current Observation" in capsys.readouterr().out
     assert main(["reindex", "--type", "Nope", "--quiet"]) == 2
+
+
+def test_reindex_drops_the_rows_an_older_server_wrote_for_union_parameters(app: Any) -> None:
+    client = app.test_client()
+    put_all(client, RESOURCES)
+    store = app.extensions["bigmed"].store
+    combo = "SELECT COUNT(*) FROM idx_token WHERE param = 'combo-code'"
+    full = default_registry()
+    # as before union parameters: a registry in which combo-code is not one (a second base makes
+    # it no union) writes combo-code rows
+    older = Registry(
+        [replace(p, base=(*p.base, "Basic")) if p.code == "combo-code" else p for p in full.all()], full.types
+    )
+    assert "combo-code" not in older.unions("Observation")
+    assert reindex(store, older, "Observation") == 5
+    assert store.query(combo)[0][0] > 0
+    found = sorted(ids(bundle(client, "Observation?combo-code=8480-6")))
+    assert found == ["bp1", "bp2"]
+    assert reindex(store, full, "Observation") == 5
+    assert store.query(combo)[0][0] == 0
+    assert sorted(ids(bundle(client, "Observation?combo-code=8480-6"))) == found
