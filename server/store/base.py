@@ -23,6 +23,7 @@ __all__ = [
     "STORE_ID_KEY",
     "ConflictRetry",
     "DerivedIndex",
+    "FreshBatch",
     "HistoryEntry",
     "Store",
     "StoredResource",
@@ -69,6 +70,31 @@ class HistoryEntry:
     method: str
 
 
+@dataclass(slots=True)
+class FreshBatch:
+    """New resources (version 1 at ``ts``), numbered 0..n-1, as rows ready for the tables.
+
+    Built without the store, e.g. in a worker process (:mod:`server.fhir.operations.ingest_vcf`),
+    so that the writer only hands rows to the database (:meth:`WriteTx.insert_fresh`). Every row
+    starts with the resource's number ``k`` where the table has its ``rid``:
+
+    - ``keys[k]`` (type, id) and ``json[k]`` the JSON served; ``content[k]`` and ``raw[k]`` what
+      the history table's columns hold (:func:`server.store.content.encode`, per dialect);
+    - ``index[table]``: ``(k, res_type, param, *values, grp)`` (``INDEX_TABLES`` columns);
+    - ``derived[table]``: ``(k, *columns)`` of a :class:`DerivedIndex`, complete for the batch's
+      resources of its types (a table left out is computed from the JSON).
+    """
+
+    ts: float
+    method: str
+    keys: list[tuple[str, str]]
+    json: list[bytes]
+    content: list[Any]
+    raw: list[bytes | None]
+    index: dict[str, list[tuple[Any, ...]]]
+    derived: dict[str, list[tuple[Any, ...]]]
+
+
 class ConflictRetry(Exception):
     """A concurrent writer won a race (unique violation, serialisation failure): retry the work."""
 
@@ -99,6 +125,13 @@ class WriteTx(Protocol):
 
     def put_many(self, items: Sequence[tuple[StoredResource, str, Any]]) -> list[StoredResource]:
         """:meth:`put` for many (resource, method, index) at once, each (type, id) at most once (bulk load)."""
+
+    def insert_fresh(self, batch: FreshBatch) -> Sequence[int]:
+        """Write a batch of resources that do not exist yet (the caller checked), with their rows.
+
+        Returns the ``rid`` of each resource, by number. The bulk path of a big ingestion: no
+        index row is looked at here (SQLite computes each row's ``rid`` from its number).
+        """
 
     def replace_index(self, entries: Sequence[tuple[int, int, str, Any]]) -> int:
         """Replace the index rows of current resources, each given as (rid, version, type, rows).

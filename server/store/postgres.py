@@ -10,7 +10,6 @@ Schema creation at start-up is serialised the same way, so several workers may s
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -19,13 +18,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from server.store import content
 from server.store.base import ConflictRetry
 from server.store.sql import Cursor, SqlStoreBase, SqlWriteTx
 
 __all__ = ["PostgresStore"]
 
 _MIGRATION_LOCK = 0x6269676D6564  # "bigmed"
-_POSITIVE_EXPONENT = re.compile(rb"[0-9][eE]\+?[0-9]")
 
 
 def _lock_id(key: str) -> int:
@@ -47,11 +46,20 @@ class _PgWriteTx(SqlWriteTx):
             for row in rows:
                 copy.write_row(row)
 
-    def _content_value(self, content: bytes) -> tuple[Any, bytes | None]:
-        # JSONB keeps a number's value and scale but prints a positive exponent positionally
-        # (1.0E+245 -> 1000…0), which changes its stated precision: keep such bodies verbatim too.
-        raw = content if _POSITIVE_EXPONENT.search(content) else None
-        return content.decode("utf-8"), raw
+    def _reserve_rids(self, n: int) -> Sequence[int]:
+        """``n`` values of the rid sequence (not necessarily consecutive: other writers draw too)."""
+        self.cur.execute("SELECT nextval(pg_get_serial_sequence('resources', 'rid')) FROM generate_series(1, %s)", (n,))
+        return [int(r[0]) for r in self.cur.fetchall()]
+
+    def _insert_numbered(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], rids: Sequence[int]
+    ) -> None:
+        with self.cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((rids[row[0]], *row[1:]))
+
+    def _content_value(self, data: bytes) -> tuple[Any, bytes | None]:
+        return content.encode("postgresql", data)  # with the exact bytes where JSONB would print them otherwise
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:

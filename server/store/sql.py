@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from typing import Any
 
-from server.store.base import INDEX_TABLES, STORE_ID_KEY, DerivedIndex, HistoryEntry, StoredResource
+from server.store.base import INDEX_TABLES, STORE_ID_KEY, DerivedIndex, FreshBatch, HistoryEntry, StoredResource
 from server.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, ddl, rebuilt_indexes
 
 __all__ = [
@@ -555,6 +555,61 @@ class SqlWriteTx:
             if derived:
                 self._insert_rows(d.table, ("rid", *d.columns), derived)
         return out
+
+    def insert_fresh(self, batch: FreshBatch) -> Sequence[int]:
+        """:meth:`WriteTx.insert_fresh`: the batch's rows as given, numbers turned into rids."""
+        n = len(batch.keys)
+        if not n:
+            return []
+        self.touched.update(type_ for type_, _ in batch.keys)
+        rids = self._reserve_rids(n)
+        ts, method = batch.ts, batch.method
+        self._insert_numbered(
+            "resources",
+            ("rid", "res_type", "res_id", "version", "ts", "deleted"),
+            [(k, type_, id_, 1, ts, 0) for k, (type_, id_) in enumerate(batch.keys)],
+            rids,
+        )
+        self._insert_numbered(
+            "history",
+            _HISTORY_COLUMNS,
+            [
+                (k, type_, id_, 1, ts, 0, method, content, raw)
+                for k, ((type_, id_), content, raw) in enumerate(zip(batch.keys, batch.content, batch.raw, strict=True))
+            ],
+            rids,
+        )
+        for table, rows in batch.index.items():
+            if rows:
+                self._insert_numbered(f"idx_{table}", INDEX_COLUMNS[table], rows, rids)
+        for d in self.store.derived:
+            derived = batch.derived.get(d.table)
+            if derived is None:
+                derived = [
+                    (k, *row)
+                    for k, (type_, _) in enumerate(batch.keys)
+                    if type_ in d.types
+                    for row in d.rows(type_, batch.json[k])
+                ]
+            if derived:
+                self._insert_numbered(d.table, ("rid", *d.columns), derived, rids)
+        return rids
+
+    def _reserve_rids(self, n: int) -> Sequence[int]:
+        """Internal ids for ``n`` new resources (SQLite: the next ``n``; this transaction holds the write lock)."""
+        self.cur.execute("SELECT COALESCE(MAX(rid), 0) FROM resources")
+        first = int(self.cur.fetchone()[0]) + 1
+        return range(first, first + n)
+
+    def _insert_numbered(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], rids: Sequence[int]
+    ) -> None:
+        """Insert rows whose first value is a resource's number in its batch, stored as its rid."""
+        if not isinstance(rids, range) or rids.step != 1:
+            raise ValueError("SQLite numbers rows from consecutive rids (those _reserve_rids gives)")
+        marks = ", ".join(self.store.content_param if c == "content" else "?" for c in columns[1:])
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES (? + {int(rids.start)}, {marks})"
+        self.cur.executemany(self.store._sql(sql), rows)
 
     def refresh_statistics(self) -> None:
         if self.store.dialect == "postgresql":

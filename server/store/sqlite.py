@@ -41,7 +41,7 @@ def _path_from_url(url: str) -> tuple[str, bool]:
 
 class _SqliteWriteTx(SqlWriteTx):
     def _content_value(self, data: bytes) -> tuple[Any, bytes | None]:
-        return content.compress(data), None
+        return content.encode("sqlite", data)
 
 
 class SqliteStore(SqlStoreBase):

@@ -19,12 +19,17 @@ this module stores the result. It is the bulk path for genomic data:
   MolecularSequence with it. Another file, even of the same sample, is another ingestion.
 - **No model validation on the hot path.** The mapper's output is validated by its own tests
   (R4 StructureDefinitions and the R4B models); here only the Patient's existence is checked.
-- **Batched writes** through :meth:`server.store.base.WriteTx.put_many` (one ``executemany`` or
-  ``COPY`` per table per batch of :data:`BATCH` resources; the first batches are smaller, an
-  eighth of it doubling up to it, so that the writer starts early), the bulk loader's fast
-  path (:mod:`server.fhir.load`). With ``workers=1`` (the CLI's default on 2+ cores) a forked process
-  maps, indexes and serialises the next batch while this one writes (threads would not overlap:
-  both halves are mostly Python and hold the GIL).
+- **Batches of table rows.** Resources are prepared in batches of :data:`BATCH` (the first ones
+  smaller, an eighth of it doubling up to it, so that the writer starts early) as the rows the
+  tables get (:class:`server.store.base.FreshBatch`: index and range rows numbered by resource,
+  the JSON encoded for the store's dialect). A batch whose resources are all new (a first
+  ingestion) goes in through :meth:`server.store.base.WriteTx.insert_fresh`: one ``executemany``
+  (SQLite, each row's ``rid`` computed from its number in SQL) or ``COPY`` per table, nothing
+  looked at per row in the writer. Otherwise (the same file again, other options) the batch is
+  compared with what is stored and written through ``put_many``, the bulk loader's path
+  (:mod:`server.fhir.load`); a test checks that both leave the same tables. With ``workers=1``
+  (the CLI's default on 2+ cores) a forked process maps, indexes, serialises and encodes the
+  next batch while this one writes (threads would not overlap: both halves hold the GIL).
 - **Only what is searched is indexed** (:data:`INDEXED`): ingested Observations get the rows of
   ``subject``, ``patient``, ``code``, ``gene``, ``chromosome``, ``derived-from`` and ``focus``;
   MolecularSequences those of ``patient`` and ``referenceseqid``; the DiagnosticReport every
@@ -52,7 +57,6 @@ import contextlib
 import gzip
 import logging
 import multiprocessing
-import operator
 import os
 import re
 import shutil
@@ -83,7 +87,8 @@ from server.fhir.report import WriteCounts
 from server.fhir.resource import check_id, instant
 from server.search.extract import IndexRows, extractor_for, normalize_string, reference_target
 from server.search.registry import Registry
-from server.store.base import INDEX_TABLES, StoredResource, WriteTx
+from server.store.base import INDEX_TABLES, FreshBatch, StoredResource, WriteTx
+from server.store.content import encode as encode_content
 from server.workers import paused_gc
 
 __all__ = [
@@ -364,42 +369,60 @@ def count_records(path: str | os.PathLike[str]) -> int:
 # In a worker process when ``workers`` is 1 (the CLI's default on a multi-core machine): the
 # mapping and the store's writes then run on two cores (threads would share one: both are Python).
 # The worker is forked, so it starts with the parsed header, the registry and the indexer's state;
-# it sends each batch as plain tuples (cheap to pickle) and never touches the store.
+# it sends each batch as the rows the tables get (a FreshBatch: plain tuples, cheap to pickle, the
+# JSON already encoded for the store's dialect) and never touches the store, so that the writer,
+# when the batch's resources are new, only hands the rows to the database (WriteTx.insert_fresh).
 
-Prepared = tuple[str, str, bytes, tuple[list[tuple[Any, ...]], ...], list[tuple[Any, ...]] | None]
-_TABLES_OF = operator.attrgetter(*INDEX_TABLES)  # IndexRows -> its row lists, in INDEX_TABLES order
+_ROW_LEN = {table: 1 + len(columns) for table, columns in INDEX_TABLES.items()}  # param + values
 _DONE = "done"
 _ERROR = "error"
 _BATCH = "batch"
 
 
-def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[list[Prepared]]:
-    """Batches of (type, id, content stamped as version 1 at ``ts``, index rows by table, range rows)."""
-    batch: list[Prepared] = []
+def _fresh(ts: float) -> FreshBatch:
+    return FreshBatch(ts, "PUT", [], [], [], [], {table: [] for table in INDEX_TABLES}, {RANGE_TABLE: []})
+
+
+def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float, dialect: str) -> Iterator[FreshBatch]:
+    """The mapper's resources stamped as version 1 at ``ts``, in batches of table rows (FreshBatch)."""
+    batch = _fresh(ts)
     size = max(BATCH // 8, 1)  # the writer waits for the first batch: small ones first, then BATCH
     last_updated = instant(ts)
+    index = batch.index
     for resource in mapping.resources():
         type_ = resource["resourceType"]
+        k = len(batch.keys)
         rows = indexer(resource)
-        ranges = list(ranges_of(resource)) if type_ == "Observation" else None
+        for table, n in _ROW_LEN.items():
+            found = getattr(rows, table)
+            if found:  # (k, type, param, *values, grp): a composite's component row has its grp already
+                index[table].extend((k, type_, *r) if len(r) > n else (k, type_, *r, None) for r in found)
+        if type_ == "Observation":
+            batch.derived[RANGE_TABLE].extend((k, *r) for r in ranges_of(resource))
         # resource.stamp() for version 1 at ts, without formatting ts again for every resource
         meta = resource.get("meta")
         meta = dict(meta) if meta.__class__ is dict else {}
         meta["versionId"] = "1"
         meta["lastUpdated"] = last_updated
         resource["meta"] = meta
-        batch.append((type_, resource["id"], jsonio.dumps(resource), _TABLES_OF(rows), ranges))
-        if len(batch) >= size:
+        data = jsonio.dumps(resource)
+        content, raw = encode_content(dialect, data)
+        batch.keys.append((type_, resource["id"]))
+        batch.json.append(data)
+        batch.content.append(content)
+        batch.raw.append(raw)
+        if len(batch.keys) >= size:
             yield batch
-            batch = []
+            batch = _fresh(ts)
+            index = batch.index
             size = min(size * 2, BATCH)
     yield batch
 
 
-def _worker(conn: Connection, mapping: VcfMapping, indexer: Indexer, ts: float) -> None:
+def _worker(conn: Connection, mapping: VcfMapping, indexer: Indexer, ts: float, dialect: str) -> None:
     """Worker process: send every batch with the records read so far, then the mapper's report."""
     try:
-        for batch in _prepare_all(mapping, indexer, ts):
+        for batch in _prepare_all(mapping, indexer, ts, dialect):
             conn.send((_BATCH, batch, mapping.report.records))
         conn.send((_DONE, mapping.report, indexer.fast))
     except VcfError as exc:
@@ -410,15 +433,17 @@ def _worker(conn: Connection, mapping: VcfMapping, indexer: Indexer, ts: float) 
         conn.close()
 
 
-def _batches(mapping: VcfMapping, indexer: Indexer, ts: float, workers: int) -> Iterator[tuple[list[Prepared], int]]:
+def _batches(
+    mapping: VcfMapping, indexer: Indexer, ts: float, workers: int, dialect: str
+) -> Iterator[tuple[FreshBatch, int]]:
     """The prepared batches with the records read so far; mapper errors are raised here."""
     if workers <= 0:
-        for batch in _prepare_all(mapping, indexer, ts):
+        for batch in _prepare_all(mapping, indexer, ts, dialect):
             yield batch, mapping.report.records
         return
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_worker, args=(send, mapping, indexer, ts), name="vcf-map", daemon=True)
+    process = context.Process(target=_worker, args=(send, mapping, indexer, ts, dialect), name="vcf-map", daemon=True)
     process.start()
     send.close()
     try:
@@ -473,13 +498,20 @@ class _Meta:
         return bool(jsonio.loads(ours) == jsonio.loads(current.content))  # PostgreSQL's JSONB text differs
 
 
-def _write_batch(
-    tx: WriteTx, batch: Sequence[Prepared], ts: float, meta: _Meta, counts: WriteCounts
-) -> list[StoredResource]:
-    current = tx.current_many([(p[0], p[1]) for p in batch])
+def _write_batch(tx: WriteTx, batch: FreshBatch, meta: _Meta, counts: WriteCounts) -> StoredResource | None:
+    """Write a prepared batch; the last resource written (None when nothing changed)."""
+    if not batch.keys:
+        return None
+    current = tx.current_many(batch.keys)
+    ts = batch.ts
+    if not current:  # a first ingestion: every resource is new, the rows go in as prepared
+        rids = tx.insert_fresh(batch)
+        counts.created += len(batch.keys)
+        counts.by_type.update(type_ for type_, _ in batch.keys)
+        type_, id_ = batch.keys[-1]
+        return StoredResource(type_, id_, 1, ts, False, batch.json[-1], rids[-1])
     writes: list[tuple[StoredResource, str, Any]] = []
-    for type_, id_, content, rows, ranges in batch:
-        index = _Index(rows, {RANGE_TABLE: ranges} if ranges is not None else None)
+    for type_, id_, content, index in _resources(batch):
         cur = current.get((type_, id_))
         if cur is None:
             writes.append((StoredResource(type_, id_, 1, ts, False, content), "PUT", index))
@@ -496,16 +528,31 @@ def _write_batch(
             else:
                 counts.updated += 1
         counts.by_type[type_] += 1
-    return tx.put_many(writes)
+    written = tx.put_many(writes)
+    return written[-1] if written else None
 
 
-def _delete_orphans(tx: WriteTx, report: Prepared, ts: float, counts: WriteCounts) -> None:
+def _resources(batch: FreshBatch) -> Iterator[tuple[str, str, bytes, _Index]]:
+    """(type, id, JSON, index rows as put_many takes them) of each resource of a prepared batch."""
+    tables: dict[str, list[list[tuple[Any, ...]]]] = {t: [[] for _ in batch.keys] for t in INDEX_TABLES}
+    for table, rows in batch.index.items():
+        for row in rows:
+            tables[table][row[0]].append(row[2:])  # (param, *values, grp)
+    ranges: list[list[tuple[Any, ...]]] = [[] for _ in batch.keys]
+    for row in batch.derived.get(RANGE_TABLE, ()):
+        ranges[row[0]].append(row[1:])
+    for k, (type_, id_) in enumerate(batch.keys):
+        derived = {RANGE_TABLE: ranges[k]} if type_ == "Observation" else None
+        yield type_, id_, batch.json[k], _Index([tables[t][k] for t in INDEX_TABLES], derived)
+
+
+def _delete_orphans(tx: WriteTx, report_id: str, report: bytes, ts: float, counts: WriteCounts) -> None:
     """Delete what the previous ingestion of this file (same report id) wrote and this one did not."""
-    previous = tx.current("DiagnosticReport", report[1])
+    previous = tx.current("DiagnosticReport", report_id)
     if previous is None or previous.deleted or previous.content is None:
         return
     old = {r.get("reference") for r in jsonio.loads(previous.content).get("result") or ()}
-    new = {r.get("reference") for r in jsonio.loads(report[2]).get("result") or ()}
+    new = {r.get("reference") for r in jsonio.loads(report).get("result") or ()}
     gone = sorted(ref for ref in old - new if isinstance(ref, str) and ref.startswith("Observation/"))
     keys = [k for ref in gone for k in (("Observation", ref[12:]), ("MolecularSequence", ref[12:]))]
     if not keys:
@@ -586,13 +633,13 @@ def _store(
         report_id: str | None = None
         last: StoredResource | None = None
         report_created = False
-        for batch, records in _batches(mapping, indexer, ts, workers):
-            if batch and batch[-1][0] == "DiagnosticReport":  # the mapper's last resource
-                report_id = batch[-1][1]
-                _delete_orphans(tx, batch[-1], ts, counts)
-            written = _write_batch(tx, batch, ts, meta, counts)
-            if written and written[-1].type == "DiagnosticReport":
-                last = written[-1]
+        for batch, records in _batches(mapping, indexer, ts, workers, ctx.store.dialect):
+            if batch.keys and batch.keys[-1][0] == "DiagnosticReport":  # the mapper's last resource
+                report_id = batch.keys[-1][1]
+                _delete_orphans(tx, report_id, batch.json[-1], ts, counts)
+            written = _write_batch(tx, batch, meta, counts)
+            if written is not None and written.type == "DiagnosticReport":
+                last = written
                 report_created = last.version == 1
             if progress is not None:
                 progress(records)

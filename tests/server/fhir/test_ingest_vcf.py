@@ -19,11 +19,14 @@ from typing import Any
 import pytest
 
 from mappers.vcf import map_vcf
+from server import jsonio
 from server.cli import main
 from server.fhir import crud
 from server.fhir.operations import ingest_vcf as ingest
 from server.fhir.operations.variant_ranges import ranges_of
 from server.search.extract import extractor_for
+from server.store.base import INDEX_TABLES
+from server.store.sql import index_params
 from tests.conftest import SHARED, make_app
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "vcf"
@@ -146,6 +149,84 @@ def test_cli_bad_vcf_names_file_and_line_and_writes_nothing(
 # -- the domain function -----------------------------------------------------------------------
 
 
+class _SeesOneMore:
+    """A write transaction whose ``current_many`` reports one resource more: the batch path then
+    writes through ``put_many``, as for a re-ingestion, instead of ``insert_fresh``."""
+
+    def __init__(self, tx: Any) -> None:
+        self._tx = tx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    def current_many(self, keys: Any) -> Any:
+        return {**self._tx.current_many(keys), ("-", "-"): None}
+
+
+def _tables(ctx: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row a resource has in every table, with (type, id) for its internal id."""
+    store = ctx.store
+    keys = {int(r[0]): (str(r[1]), str(r[2])) for r in store.query("SELECT rid, res_type, res_id FROM resources")}
+    out = {
+        "resources": sorted(
+            (keys[int(r[0])], r[1], r[2]) for r in store.query("SELECT rid, version, deleted FROM resources")
+        )
+    }
+    out["history"] = sorted(
+        (keys[r.rid], r.version, r.content)
+        for type_, id_ in keys.values()
+        for r in [e.resource for e in store.history(type_, id_)]
+    )
+    for table in ("idx_token", "idx_string", "idx_reference", "idx_date", "idx_quantity", "variant_range"):
+        rows = store.query(f"SELECT * FROM {table}")
+        out[table] = sorted((keys[int(r[0])], *map(repr, r[1:])) for r in rows)
+    return out
+
+
+def test_the_fresh_path_writes_what_put_many_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """insert_fresh (a first ingestion) and put_many (the path of later ones) leave the same tables."""
+    apps = [make_app(f"sqlite:///{tmp_path}/{name}.sqlite") for name in ("fresh", "put_many")]
+    monkeypatch.setattr(ingest.time, "time", lambda: 1_700_000_000.0)  # one lastUpdated for both
+    plain = ingest._write_batch
+
+    def through_put_many(tx: Any, *args: Any) -> Any:
+        return plain(_SeesOneMore(tx), *args)
+
+    try:
+        written = []
+        for n, app in enumerate(apps):
+            ctx = _ctx(app)
+            _patient(ctx)
+            if n == 1:
+                monkeypatch.setattr(ingest, "_write_batch", through_put_many)
+            result = ingest.ingest_vcf(ctx, shared(NB6), "p1", workers=0)
+            written.append((result.created, _tables(ctx)))
+        (created, fresh), (created_again, slow) = written
+        assert created == created_again > 20
+        assert fresh["idx_token"] and fresh["idx_reference"] and fresh["variant_range"]
+        assert fresh == slow
+        # and the rows are the indexer's, as the store would make them of its IndexRows
+        ctx = _ctx(apps[0])
+        indexer = ingest.Indexer(ctx.registry)
+        for table in INDEX_TABLES:
+            expected = sorted(
+                (
+                    row
+                    for r in ctx.store.iter_current()
+                    if r.type != "Patient"
+                    for row in index_params(
+                        r.rid, r.type, table, getattr(indexer(jsonio.loads(r.content or b"")), table)
+                    )
+                ),
+                key=repr,
+            )
+            stored = ctx.store.query(f"SELECT * FROM idx_{table} WHERE res_type != 'Patient'")
+            assert sorted((tuple(row) for row in stored), key=repr) == expected, table
+    finally:
+        for app in apps:
+            app.extensions["bigmed"].store.close()
+
+
 def test_changed_mapping_updates_in_place_and_deletes_what_is_gone(app: Any, tmp_path: Path) -> None:
     ctx = _ctx(app)
     _patient(ctx)
@@ -245,8 +326,9 @@ def test_batches_start_small_and_grow_to_batch(app: Any, monkeypatch: pytest.Mon
     """The writer waits for the first batch only: it is BATCH/8, and each next one doubles up to BATCH."""
     monkeypatch.setattr(ingest, "BATCH", 16)
     mapping = map_vcf(shared(HG00404), "p1")
-    batches = list(ingest._prepare_all(mapping, ingest.Indexer(_ctx(app).registry), 1.0))
-    sizes = [len(b) for b in batches]
+    ctx = _ctx(app)
+    batches = list(ingest._prepare_all(mapping, ingest.Indexer(ctx.registry), 1.0, ctx.store.dialect))
+    sizes = [len(b.keys) for b in batches]
     assert sizes[:5] == [2, 4, 8, 16, 16]
     assert all(n == 16 for n in sizes[3:-1]) and 0 < sizes[-1] <= 16
     assert sum(sizes) == sum(1 for _ in map_vcf(HG00404, "p1").resources())

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from server.store.base import Store, StoredResource, WriteTx
+from server import jsonio
+from server.store import content
+from server.store.base import FreshBatch, Store, StoredResource, WriteTx
 
 
 def _res(id_: str, version: int, ts: float, body: bytes | None = None, rid: int = 0) -> StoredResource:
@@ -199,6 +201,62 @@ def test_put_many_and_current_many(store: Store) -> None:
     assert store.query("SELECT code FROM idx_token ORDER BY code") == [("a2",)]  # a1 replaced, b1 deleted
     assert store.query("SELECT COUNT(*) FROM idx_uri")[0][0] == 0
     assert [h.method for h in store.history("Patient", "b")] == ["DELETE", "PUT"]
+
+
+class _Lengths:
+    """A derived index of the JSON length of Patients (stands in for the genomic range index)."""
+
+    table = "variant_range"
+    columns = ("subject", "ref_seq", "start_pos", "end_pos", "bin", "ref_allele", "alt_allele", "structural")
+    types = frozenset({"Patient"})
+
+    def rows(self, type_: str, content: bytes) -> list[tuple[Any, ...]]:
+        return [(f"{type_}/x", "len", len(content), len(content) + 1, 0, None, None, 1)]
+
+
+def test_insert_fresh_turns_numbers_into_rids(store: Store) -> None:
+    """The bulk path: rows prepared away from the store, each starting with its resource's number."""
+    store.derived = (_Lengths(),)
+    _put(store, _res("before", 1, 1.0))  # rids are drawn after the existing ones
+    bodies = [b'{"resourceType":"Patient","id":"n0","v":1.0E+245}', b'{"resourceType":"Observation","id":"n1"}']
+    encoded = [content.encode(store.dialect, b) for b in bodies]
+    batch = FreshBatch(
+        ts=5.0,
+        method="PUT",
+        keys=[("Patient", "n0"), ("Observation", "n1")],
+        json=bodies,
+        content=[c for c, _ in encoded],
+        raw=[r for _, r in encoded],
+        index={
+            "token": [
+                (0, "Patient", "identifier", "sys", "n0", None, None),
+                (1, "Observation", "code", "l", "c", None, None),
+            ],
+            "reference": [(1, "Observation", "subject", "Patient", "n0", "Patient/n0", None)],
+        },
+        derived={},  # left out: computed from the JSON
+    )
+    before = store.generations(["Patient", "Observation"])
+    with store.transaction() as tx:
+        assert tx.current_many(batch.keys) == {}
+        rids = list(tx.insert_fresh(batch))
+        assert len(set(rids)) == 2 and min(rids) > store.read("Patient", "before").rid  # type: ignore[union-attr]
+    for k, (type_, id_) in enumerate(batch.keys):
+        got = store.read(type_, id_)
+        assert got is not None and (got.rid, got.version, got.ts) == (rids[k], 1, 5.0)
+        assert jsonio.loads(got.content or b"") == jsonio.loads(bodies[k])
+    assert store.read("Patient", "n0").content == bodies[0]  # type: ignore[union-attr]  # exponent kept as written
+    assert [h.method for h in store.history("Patient", "n0")] == ["PUT"]
+    assert store.query("SELECT rid, code FROM idx_token ORDER BY code") == [(rids[1], "c"), (rids[0], "n0")]
+    assert store.query("SELECT rid, target_id FROM idx_reference") == [(rids[1], "n0")]
+    lengths = store.query("SELECT rid, start_pos FROM variant_range WHERE ref_seq = 'len' ORDER BY rid")
+    assert [r[0] for r in lengths][-1] == rids[0] and lengths[-1][1] == len(bodies[0])
+    after = store.generations(["Patient", "Observation"])
+    assert all(after[t] > before.get(t, 0) for t in ("Patient", "Observation"))
+    again = FreshBatch(6.0, "PUT", [("Patient", "n0")], [bodies[0]], [encoded[0][0]], [None], {}, {})
+    with pytest.raises(Exception), store.transaction() as tx:  # noqa: B017  # it exists: a unique violation
+        tx.insert_fresh(again)
+    assert store.read("Patient", "n0").ts == 5.0  # type: ignore[union-attr]
 
 
 def test_generations_move_with_every_commit_that_writes_the_type(store: Store) -> None:
