@@ -89,6 +89,7 @@ from server.search.extract import IndexRows, extractor_for, normalize_string, re
 from server.search.registry import Registry
 from server.store.base import INDEX_TABLES, FreshBatch, StoredResource, WriteTx
 from server.store.content import encode as encode_content
+from server.store.sql import index_params
 from server.workers import paused_gc
 
 __all__ = [
@@ -373,7 +374,6 @@ def count_records(path: str | os.PathLike[str]) -> int:
 # JSON already encoded for the store's dialect) and never touches the store, so that the writer,
 # when the batch's resources are new, only hands the rows to the database (WriteTx.insert_fresh).
 
-_ROW_LEN = {table: 1 + len(columns) for table, columns in INDEX_TABLES.items()}  # param + values
 _DONE = "done"
 _ERROR = "error"
 _BATCH = "batch"
@@ -393,10 +393,10 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float, dialect: str)
         type_ = resource["resourceType"]
         k = len(batch.keys)
         rows = indexer(resource)
-        for table, n in _ROW_LEN.items():
+        for table in INDEX_TABLES:
             found = getattr(rows, table)
-            if found:  # (k, type, param, *values, grp): a composite's component row has its grp already
-                index[table].extend((k, type_, *r) if len(r) > n else (k, type_, *r, None) for r in found)
+            if found:  # (k, type, param, *values, grp): the store's own rows, k where the rid goes
+                index[table].extend(index_params(k, type_, table, found))
         if type_ == "Observation":
             batch.derived[RANGE_TABLE].extend((k, *r) for r in ranges_of(resource))
         # resource.stamp() for version 1 at ts, without formatting ts again for every resource
