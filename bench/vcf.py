@@ -10,7 +10,8 @@
    same files, (a) cyvcf2 alone iterating the records and (b) vcf2fhir 0.1.1 converting them (in
    a temporary Python 3.9 virtualenv: it needs PyVCF, hence setuptools<58, and pandas<2; skipped
    with a message when it cannot be installed). Rates are per VCF record (row) and per variant
-   Observation written.
+   Observation written; the CPU seconds of the writing process and of the mapping process
+   (``--workers 1``) show which half is the limit.
 2. Range queries: ``--range-variants`` synthetic variant Observations of one subject (plus a
    second subject's, to be skipped) written straight through the store's batched writer
    (``WriteTx.put_many``, the path the ingestion uses, with their range rows), then
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cyvcf2 import VCF  # noqa: E402  # after the path setup, as for every bench script
+from ehr import cpu_seconds  # noqa: E402  # bench/ is on sys.path as the script's folder
 
 from mappers import genomics_codes as gc  # noqa: E402
 from server import create_app  # noqa: E402
@@ -147,9 +149,13 @@ def bench_ingest(backend_name: str, folder: Path, path: Path, workers: int) -> d
     backend = Backend(backend_name, folder)
     try:
         crud.update(backend.ctx, "Patient", "bench", {"resourceType": "Patient", "id": "bench"})
+        me, children = cpu_seconds()
         result = ingest.ingest_vcf(backend.ctx, path, "bench", workers=workers)
+        me_after, children_after = cpu_seconds()
         again = ingest.ingest_vcf(backend.ctx, path, "bench", workers=workers)
         return {
+            "writer_cpu": me_after - me,  # this process: the writer (and the mapping when workers=0)
+            "mapping_cpu": children_after - children,  # the mapping process, once it has ended
             "seconds": result.seconds,
             "records": result.report.records,
             "variants": result.report.variants,
@@ -390,7 +396,7 @@ def main() -> int:
         )
         header = "| file | records | variants | cyvcf2 alone rec/s |"
         for b in backends:
-            header += f" {b} s | {b} rec/s | {b} variants/s | {b} re-ingest s |"
+            header += f" {b} s | {b} rec/s | {b} variants/s | {b} CPU s writer / mapping | {b} re-ingest s |"
         header += " vcf2fhir 0.1.1 variants/s |"
         print(header)
         print("|" + " --- |" * (header.count("|") - 1))
@@ -407,6 +413,7 @@ def main() -> int:
                     f"{r['seconds']:.2f}",
                     f"{r['records'] / r['seconds']:,.0f}",
                     f"{r['variants'] / r['seconds']:,.0f}",
+                    f"{r['writer_cpu']:.2f} / {r['mapping_cpu']:.2f}",
                     f"{r['reingest_seconds']:.2f}",
                 ]
             assert first is not None
