@@ -568,7 +568,7 @@ class _Parser:
             raise BadRequest(f"Modifier ':{modifier}' is not supported on search parameter '{sp.code}' ({kind})")
         if type_modifier and sp.target and modifier not in sp.target:
             raise BadRequest(f"'{sp.code}' cannot refer to a {modifier} (targets: {', '.join(sp.target)})")
-        sources = self.registry.union_sources(sp.base[0], sp.code) if len(sp.base) == 1 else ()
+        sources = self.registry.union_sources(sp)
         if sources:
             return self.union_clause(a, types, sources, modifier, raw)
         scope, scope_params = _scope_sql("res_type", types)
@@ -781,7 +781,7 @@ class _Parser:
                     unknown.append(f"_sort={item}")
                     continue
                 agg, col = _SORT_COLUMNS[sp.type][1 if desc else 0]
-                codes = [q.code for q in self.registry.union_sources(sp.base[0], sp.code)] or [sp.code]
+                codes = [q.code for q in self.registry.union_sources(sp)] or [sp.code]
                 marks = ", ".join("?" for _ in codes)
                 sql = f"(SELECT {agg}(s.{col}) FROM idx_{sp.type} s WHERE s.rid = r.rid AND s.param IN ({marks}))"
                 keys.append(SortKey(name, desc, sql, tuple(codes)))

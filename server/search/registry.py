@@ -321,11 +321,9 @@ class Registry:
     def get(self, resource_type: str, code: str) -> SearchParam | None:
         return self.params_for(resource_type).get(code)
 
-    def union_sources(self, resource_type: str, code: str) -> tuple[SearchParam, ...]:
-        """The parameters whose values together are exactly this one's, or () (see :meth:`unions`).
-
-        ``resource_type`` is the parameter's base (a union parameter has exactly one)."""
-        return self.unions(resource_type).get(code, ())
+    def union_sources(self, param: SearchParam) -> tuple[SearchParam, ...]:
+        """The parameters whose values together are exactly ``param``'s, or () (see :meth:`unions`)."""
+        return self.unions(param.base[0]).get(param.code, ()) if len(param.base) == 1 else ()
 
     def unions(self, resource_type: str) -> Mapping[str, tuple[SearchParam, ...]]:
         """Union parameters of ``resource_type``: code -> the parameters it is the union of.

@@ -54,9 +54,7 @@ class _PgWriteTx(SqlWriteTx):
     def _insert_numbered(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], rids: Sequence[int]
     ) -> None:
-        with self.cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row((rids[row[0]], *row[1:]))
+        self._insert_rows(table, columns, [(rids[row[0]], *row[1:]) for row in rows])  # drawn rids need not follow
 
     def _content_value(self, data: bytes) -> tuple[Any, bytes | None]:
         return content.encode("postgresql", data)  # with the exact bytes where JSONB would print them otherwise

@@ -607,8 +607,7 @@ class SqlWriteTx:
         """Insert rows whose first value is a resource's number in its batch, stored as its rid."""
         if not isinstance(rids, range) or rids.step != 1:
             raise ValueError("SQLite numbers rows from consecutive rids (those _reserve_rids gives)")
-        marks = ", ".join(self.store.content_param if c == "content" else "?" for c in columns[1:])
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES (? + {int(rids.start)}, {marks})"
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES (? + {int(rids.start)}, {self._marks(columns[1:])})"
         self.cur.executemany(self.store._sql(sql), rows)
 
     def refresh_statistics(self) -> None:
@@ -623,8 +622,12 @@ class SqlWriteTx:
 
     def _insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert many rows into ``table`` (``executemany``; PostgreSQL uses COPY)."""
-        marks = ", ".join(self.store.content_param if c == "content" else "?" for c in columns)
+        marks = self._marks(columns)
         self.cur.executemany(self.store._sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"), rows)
+
+    def _marks(self, columns: Sequence[str]) -> str:
+        """The placeholders of ``columns`` in an INSERT (the content column's is the backend's)."""
+        return ", ".join(self.store.content_param if c == "content" else "?" for c in columns)
 
     def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
         """The current versions (tombstones included) of many (type, id), as this transaction sees them."""

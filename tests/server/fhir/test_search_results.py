@@ -9,19 +9,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_app, postgres_url
 from tests.server.search.searchdata import RESOURCES
-from tests.server.search.searchutil import bundle, entries, ids, link, put_all, warnings
+from tests.server.search.searchutil import bundle, entries, ids, link, loaded_app, warnings
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('results')}/test.sqlite" if request.param == "sqlite" else postgres_url()
-    app = make_app(url)
-    client = app.test_client()
-    put_all(client, RESOURCES)
-    yield client
-    app.extensions["bigmed"].store.close()
+    with loaded_app(request.param, tmp_path_factory.mktemp("results"), RESOURCES) as app:
+        yield app.test_client()
 
 
 def _all_pages(client: Any, query: str) -> tuple[list[str], list[dict[str, Any]]]:

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from tests.conftest import make_app, postgres_url
+
 FHIR = "application/fhir+json"
+
+
+@contextmanager
+def loaded_app(backend: str, folder: Any, resources: list[dict[str, Any]]) -> Iterator[Any]:
+    """An app on ``backend`` (``sqlite`` in ``folder``, or the test PostgreSQL) holding ``resources``."""
+    app = make_app(f"sqlite:///{folder}/test.sqlite" if backend == "sqlite" else postgres_url())
+    try:
+        put_all(app.test_client(), resources)
+        yield app
+    finally:
+        app.extensions["bigmed"].store.close()
 
 
 def put_all(client: Any, resources: list[dict[str, Any]]) -> None:

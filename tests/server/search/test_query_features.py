@@ -8,22 +8,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_app, postgres_url
 from tests.server.search.searchdata import RESOURCES
-from tests.server.search.searchutil import bundle, ids, put_all, warnings
+from tests.server.search.searchutil import bundle, ids, loaded_app, warnings
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The hand-made resources, loaded once per backend: the tests here only read."""
-    url = (
-        f"sqlite:///{tmp_path_factory.mktemp('features')}/test.sqlite" if request.param == "sqlite" else postgres_url()
-    )
-    app = make_app(url)
-    client = app.test_client()
-    put_all(client, RESOURCES)
-    yield client
-    app.extensions["bigmed"].store.close()
+    with loaded_app(request.param, tmp_path_factory.mktemp("features"), RESOURCES) as app:
+        yield app.test_client()
 
 
 @pytest.mark.parametrize(

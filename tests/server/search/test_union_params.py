@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from server.search.registry import Registry, default_registry
-from tests.conftest import make_app, postgres_url
-from tests.server.search.searchutil import bundle, ids, put_all
+from tests.server.search.searchutil import bundle, ids, loaded_app
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -106,18 +105,18 @@ def test_a_parameter_is_a_union_only_when_its_sources_cover_it() -> None:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('unions')}/u.sqlite" if request.param == "sqlite" else postgres_url()
-    app = make_app(url)
-    test_client = app.test_client()
-    put_all(test_client, RESOURCES)
-    test_client.extensions = app.extensions  # type: ignore[attr-defined]
-    yield test_client
-    app.extensions["bigmed"].store.close()
+def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with loaded_app(request.param, tmp_path_factory.mktemp("unions"), RESOURCES) as app:
+        yield app
 
 
-def test_no_union_rows_are_stored(client: Any) -> None:
-    store = client.extensions["bigmed"].store
+@pytest.fixture
+def client(loaded: Any) -> Any:
+    return loaded.test_client()
+
+
+def test_no_union_rows_are_stored(loaded: Any) -> None:
+    store = loaded.extensions["bigmed"].store
     for table in ("token", "quantity"):
         rows = store.query(f"SELECT COUNT(*) FROM idx_{table} WHERE param LIKE ?", ("combo-%",))
         assert rows[0][0] == 0, table
