@@ -43,6 +43,11 @@ Row semantics (one builder per parameter type and value type, shared with the fa
 * union parameters (:meth:`server.search.registry.Registry.unions`: R4's ``combo-*``, whose
   expression is the union of other parameters' expressions) are not indexed either: their rows
   would repeat those of the parameters they unite, which a search reads instead.
+* composites on the resource itself whose every component selects exactly the values of another
+  parameter of the type (:func:`root_composites`: R4's ``code-value-quantity``,
+  ``code-value-concept`` and ``code-value-date`` on Observation, a sixth of an Observation's
+  rows) are not indexed either: the resource is their only item, so a search is the AND of
+  the same values on those parameters (:mod:`server.search.query`).
 * composite (search.html#composite): the composite's expression selects items (the resource
   itself, or e.g. each ``Observation.component``); each component's expression is evaluated on
   the item (``%resource.…`` on the resource) with the row builder of the component parameter's
@@ -60,6 +65,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
 # fhirpathpy is untyped (pyproject's mypy override covers it); used for fallbacks only.
@@ -79,6 +85,7 @@ __all__ = [
     "TypeExtractor",
     "add_rows",
     "compile_expression",
+    "composite_sources",
     "date_range",
     "extract",
     "extractor_for",
@@ -86,6 +93,7 @@ __all__ = [
     "fhirpath_values",
     "normalize_string",
     "reference_target",
+    "root_composites",
 ]
 
 log = logging.getLogger(__name__)
@@ -1490,6 +1498,95 @@ def _compile_composite(
 
 
 # --------------------------------------------------------------------------------------------
+# Composites on the resource itself, searched through their components' own parameters
+
+#: registry -> resource type -> composite code -> the parameters of its components, in order
+_root_composites: weakref.WeakKeyDictionary[Registry, dict[str, Mapping[str, tuple[SearchParam, ...]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _values_signature(types: TypeModel, param_type: str, expression: str, resource_type: str) -> frozenset[Any]:
+    """What ``expression`` indexes on a ``resource_type`` for a ``param_type`` parameter, as the
+    (value type, JSON path) of each compiled branch that gives rows; empty when that is not known
+    statically (a branch that does more than walk properties, or an expression that does not compile)."""
+    found: set[tuple[str, tuple[str, ...]]] = set()
+    try:
+        for text in split_union(expression):
+            for branch in compile_expression(text, resource_type, types).branches:
+                if _emitter(types, param_type, branch.type) is None:
+                    continue  # gives no rows (SampledData for a quantity)
+                if branch.path is None:
+                    return frozenset()
+                found.add((branch.type, branch.path))
+    except CompileError:
+        return frozenset()
+    return frozenset(found)
+
+
+def root_composites(registry: Registry, resource_type: str) -> Mapping[str, tuple[SearchParam, ...]]:
+    """Composites of ``resource_type`` that are searched through other parameters: code -> those
+    parameters, one per component.
+
+    A composite qualifies when its expression is the resource itself (its only item) and each
+    component's expression gives, by its compiled branches, exactly the values of one parameter of
+    the type with the component's type (e.g. ``code-value-quantity``: ``code`` is ``code``'s
+    ``Observation.code``, ``value.as(Quantity)`` is ``value-quantity``'s Quantity branch, its
+    SampledData branch giving no quantity rows). Its component rows would repeat that parameter's
+    rows, so it has none (:class:`TypeExtractor`) and ``A$B`` is searched as ``code=A`` and
+    ``value-quantity=B`` (:mod:`server.search.query`). Reference components are not considered
+    (a reference row's meaning depends on how the reference was written).
+    """
+    per_type = _root_composites.get(registry)
+    if per_type is None:
+        per_type = _root_composites.setdefault(registry, {})
+    found = per_type.get(resource_type)
+    if found is None:
+        found = per_type[resource_type] = MappingProxyType(_find_root_composites(registry, resource_type))
+    return found
+
+
+def composite_sources(registry: Registry, param: SearchParam) -> tuple[SearchParam, ...]:
+    """The parameters a composite is searched through, or () (see :func:`root_composites`)."""
+    if param.type != "composite" or len(param.base) != 1:
+        return ()
+    return root_composites(registry, param.base[0]).get(param.code, ())
+
+
+def _find_root_composites(registry: Registry, resource_type: str) -> dict[str, tuple[SearchParam, ...]]:
+    params = registry.params_for(resource_type)
+    unions = registry.unions(resource_type)
+    types = registry.types
+    indexed: dict[tuple[str, frozenset[Any]], SearchParam] = {}
+    for code, param in sorted(params.items()):
+        expression = param.expression_for(resource_type)
+        searched = param.type in _PARAM_TABLES and param.type != "reference" and expression
+        if searched and code not in RESOURCE_COLUMNS and code not in unions:
+            signature = _values_signature(types, param.type, expression or "", resource_type)
+            if signature:
+                indexed.setdefault((param.type, signature), param)
+    out: dict[str, tuple[SearchParam, ...]] = {}
+    for code, param in params.items():
+        expression = param.expression_for(resource_type)
+        if param.type != "composite" or param.base != (resource_type,) or (expression or "").strip() != resource_type:
+            continue
+        sources: list[SearchParam] = []
+        for definition, component_expression in param.components:
+            component = registry.by_url(definition)
+            if component is None or component.type == "reference":
+                break
+            signature = _values_signature(types, component.type, component_expression, resource_type)
+            source = indexed.get((component.type, signature)) if signature else None
+            if source is None:
+                break
+            sources.append(source)
+        else:
+            if sources:
+                out[code] = tuple(sources)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Per-resource-type extractors
 
 
@@ -1611,11 +1708,13 @@ class TypeExtractor:
         cache: _CompileCache = {}
         shared: dict[tuple[Any, ...], _CompositeItems] = {}
         compiled: dict[str, CompiledExpression] = {}
-        unions = registry.unions(resource_type)
+        # near (special), resources-table, union and root composite parameters are not indexed
+        unions, roots = registry.unions(resource_type), root_composites(registry, resource_type)
+        skipped = RESOURCE_COLUMNS | unions.keys() | roots.keys()
         for code, param in sorted(registry.params_for(resource_type).items()):
             expression = param.expression_for(resource_type)
-            if param.type == "special" or not expression or code in RESOURCE_COLUMNS or code in unions:
-                continue  # near (special), expression-less, resources-table and union parameters are not indexed
+            if param.type == "special" or not expression or code in skipped:
+                continue
             if param.type == "composite":
                 composite = _compile_composite(registry, resource_type, param, expression, cache, shared)
                 if composite is not None:

@@ -34,6 +34,9 @@ Parameter types (search.html#ptypes) and modifiers (#modifiers):
 * uri: exact, ``:below`` (prefix), ``:above`` (the value is a prefix of the search value).
 * composite: ``c1$c2[$c3]``, each component parsed by its component parameter's type; all
   components must match the same item (rows grouped by ``grp``, see ``server/store/schema.py``).
+  A composite on the resource itself whose components are other parameters' values
+  (``code-value-quantity``: ``code`` and ``value-quantity``, see ``extract.root_composites``)
+  has no rows of its own: ``A$B`` is ``code=A`` and ``value-quantity=B`` on the resource.
 * ``:missing=true|false`` on every type.
 * union parameters (``combo-code`` is ``code`` | ``component-code``, see
   ``Registry.unions``) have no rows of their own: a clause on one is the OR of the same clause
@@ -87,8 +90,8 @@ from typing import Any
 
 from server.errors import BadRequest, Issue
 from server.search.compartments import SELF, Compartment
+from server.search.extract import composite_sources, normalize_string
 from server.search.extract import date_range as extracted_date_range
-from server.search.extract import normalize_string
 from server.search.registry import Registry, SearchParam
 
 __all__ = [
@@ -571,6 +574,9 @@ class _Parser:
         sources = self.registry.union_sources(sp)
         if sources:
             return self.union_clause(a, types, sources, modifier, raw)
+        parts = composite_sources(self.registry, sp)
+        if parts:
+            return self.root_composite_clause(a, types, sp, parts, modifier, raw)
         scope, scope_params = _scope_sql("res_type", types)
         if modifier == "missing":
             return self.missing_clause(a, sp, scope, scope_params, raw)
@@ -627,6 +633,41 @@ class _Parser:
         negated = modifier == "not" or (modifier == "missing" and raw.lower() == "true")
         joiner = " AND " if negated else " OR "
         return Clause("(" + joiner.join(c.sql for c in parts) + ")", [x for c in parts for x in c.params])
+
+    def root_composite_clause(
+        self,
+        a: str,
+        types: Sequence[str] | None,
+        sp: SearchParam,
+        parts: Sequence[SearchParam],
+        modifier: str | None,
+        raw: str,
+    ) -> Clause:
+        """A composite on the resource itself (``code-value-quantity``; ``extract.root_composites``)
+        has no rows of its own: the resource is its one item, so ``A$B`` matches when ``code``
+        matches A and ``value-quantity`` matches B, and it has a value when each of them has one."""
+        if modifier == "missing":
+            if raw.lower() not in ("true", "false"):
+                raise BadRequest(f"':missing' takes true or false, not '{raw}'")
+            found = [self.one_param(a, types, part, modifier, raw) for part in parts]
+            joiner = " OR " if raw.lower() == "true" else " AND "
+            return Clause("(" + joiner.join(c.sql for c in found) + ")", [x for c in found for x in c.params])
+        ors: list[Clause] = []
+        for value in _split_or(raw):
+            values = _split_escaped(value, "$")
+            if len(values) != len(parts) or not all(values):
+                raise BadRequest(
+                    f"Invalid value for search parameter '{sp.code}': "
+                    f"'{value}' needs {len(parts)} components separated by '$'"
+                )
+            try:
+                ands = [self.one_param(a, types, part, None, v) for part, v in zip(parts, values, strict=True)]
+            except BadRequest as exc:
+                raise BadRequest(f"Invalid value for search parameter '{sp.code}' ('{value}'): {exc.message}") from exc
+            ors.append(Clause("(" + " AND ".join(c.sql for c in ands) + ")", [x for c in ands for x in c.params]))
+        if not ors:
+            return Clause("1 = 1", [])
+        return Clause("(" + " OR ".join(c.sql for c in ors) + ")", [x for c in ors for x in c.params])
 
     def missing_clause(self, a: str, sp: SearchParam, scope: str, scope_params: list[Any], raw: str) -> Clause:
         if raw.lower() not in ("true", "false"):

@@ -32,10 +32,12 @@ Tables (one DDL text, rendered per dialect):
                the component rows of one composite value (search.html#composite): a composite
                parameter ``P`` whose expression selects items (``Observation.component``) gets,
                for the n-th item, the rows of its k-th component in that component's table
-               under param ``P:k`` with ``grp`` = n. ``code-value-quantity=…$gt10`` is then a
-               join of an ``idx_token`` row (``code-value-quantity:0``) and an ``idx_quantity``
-               row (``code-value-quantity:1``) on (rid, grp): both components must match on
-               the same item, as the spec requires. Two other derived params live in
+               under param ``P:k`` with ``grp`` = n. ``component-code-value-quantity=…$gt10``
+               is then a join of an ``idx_token`` row (``component-code-value-quantity:0``) and
+               an ``idx_quantity`` row (``…:1``) on (rid, grp): both components must match on
+               the same item, as the spec requires. (A composite whose one item is the resource
+               and whose components are other parameters' values, ``code-value-quantity``, has
+               no rows: it is searched through those parameters, ``extract.root_composites``.) Two other derived params live in
                ``idx_token``: ``P:of-type`` (Identifier.type coding as system/code, code being
                ``typecode|value``, for ``:of-type``) and, under the reference parameter's own
                code, Reference.identifier (for ``:identifier``).

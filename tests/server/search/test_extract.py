@@ -431,12 +431,14 @@ def test_composite_and_special_give_no_rows(registry: Registry) -> None:
 
 
 def test_composite_rows_per_item(registry: Registry) -> None:
-    """Composites keep their own codes and groups per item; the combo-* union composites get no rows."""
+    """Composites keep their own codes and groups per item; the combo-* union composites and the
+    root composites searched through other parameters (code-value-quantity) get no rows."""
     obs = {
         "resourceType": "Observation",
         "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}], "text": "BP"},
         "valueQuantity": {"value": 1, "system": "http://unitsofmeasure.org", "code": "1"},
+        "valueString": "high",  # not a valid Observation (one value[x]): both root composites at once
         "component": [
             {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}, "valueQuantity": {"value": 120}},
             {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]}},  # no value: no group
@@ -445,8 +447,11 @@ def test_composite_rows_per_item(registry: Registry) -> None:
     }
     rows = extract(obs, registry)
     loinc, ucum = "http://loinc.org", "http://unitsofmeasure.org"
-    assert rows.only("code-value-quantity").token == [("code-value-quantity:0", loinc, "85354-9", None, 1)]
-    assert rows.only("code-value-quantity").quantity == [("code-value-quantity:1", Decimal(1), ucum, "1", None, 1)]
+    assert not rows.only("code-value-quantity")  # searched as code and value-quantity
+    assert rows.only("value-quantity").quantity == [("value-quantity", Decimal(1), ucum, "1", None)]
+    # code-value-string's value component is not value-string's (which has CodeableConcept.text too)
+    assert rows.only("code-value-string").token == [("code-value-string:0", loinc, "85354-9", None, 1)]
+    assert rows.only("code-value-string").string == [("code-value-string:1", "high", "high", 1)]
     assert not rows.only("combo-code-value-quantity")  # a union: code-value-quantity and component-…
     assert rows.only("component-code-value-quantity").token == [
         ("component-code-value-quantity:0", loinc, "8480-6", None, 1),
