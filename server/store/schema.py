@@ -37,10 +37,10 @@ Tables (one DDL text, rendered per dialect):
                an ``idx_quantity`` row (``…:1``) on (rid, grp): both components must match on
                the same item, as the spec requires. (A composite whose one item is the resource
                and whose components are other parameters' values, ``code-value-quantity``, has
-               no rows: it is searched through those parameters, ``extract.root_composites``.) Two other derived params live in
-               ``idx_token``: ``P:of-type`` (Identifier.type coding as system/code, code being
-               ``typecode|value``, for ``:of-type``) and, under the reference parameter's own
-               code, Reference.identifier (for ``:identifier``).
+               no rows: it is searched through those parameters, ``extract.root_composites``.)
+               Two other derived params live in ``idx_token``: ``P:of-type`` (Identifier.type
+               coding as system/code, code being ``typecode|value``, for ``:of-type``) and, under
+               the reference parameter's own code, Reference.identifier (for ``:identifier``).
 
 Text columns that are compared by range or sorted use byte order on both backends (SQLite's
 default BINARY, ``COLLATE "C"`` on PostgreSQL), so prefix searches, ``:contains`` and
