@@ -6,6 +6,12 @@ compartment (its owner type) the resource types that can be in it and the refere
 parameters that put them there. ``/fhir/Patient/123/Observation?…`` is an Observation search
 restricted to Observations whose ``subject`` or ``performer`` references Patient/123. The owner
 resource itself is in its own compartment (``{def}``), as the spec states.
+
+A linking parameter that is another one narrowed to one target type (``Registry.narrowings``:
+Condition's ``patient`` is ``subject.where(resolve() is Patient)``) has no reference rows of its
+own, so it is listed as its source (``subject``): membership always requires the owner's type as
+the reference's target type, which is exactly the narrowing. One narrowed to another type than
+the owner's never links to it and is left out.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from server import jsonio
+from server.search.registry import Registry, default_registry
 
 __all__ = ["DATA_PATH", "SELF", "Compartment", "compartments"]
 
@@ -45,8 +52,25 @@ class Compartment:
 def compartments() -> Mapping[str, Compartment]:
     """The R4 compartments by owner type (loaded once)."""
     doc = jsonio.loads(DATA_PATH.read_bytes())
+    registry = default_registry()
     out = {
-        code: Compartment(code, str(c["url"]), MappingProxyType({t: tuple(p) for t, p in c["resources"].items()}))
+        code: Compartment(
+            code,
+            str(c["url"]),
+            MappingProxyType({t: _linking(registry, code, t, p) for t, p in c["resources"].items()}),
+        )
         for code, c in doc["compartments"].items()
     }
     return MappingProxyType(out)
+
+
+def _linking(registry: Registry, owner: str, resource_type: str, params: list[str]) -> tuple[str, ...]:
+    """The parameters whose reference rows link ``resource_type`` to an ``owner`` (see the module doc)."""
+    out: list[str] = []
+    for code in params:
+        narrowed = registry.narrowing(resource_type, code) if code != SELF else None
+        if narrowed is None:
+            out.append(code)
+        elif narrowed[1] == owner:
+            out.append(narrowed[0].code)
+    return tuple(dict.fromkeys(out))

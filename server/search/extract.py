@@ -321,7 +321,18 @@ def _reference_reference(rows: IndexRows, code: str, value: Any) -> None:
     ref = value.get("reference")
     if isinstance(ref, str) and ref and not ref.startswith("#"):
         rtype, rid = _targets[ref]
+        if rtype is None:  # a urn: or other url: the type resolve() sees is the declared one
+            declared = value.get("type")
+            rtype = declared.rsplit("/", 1)[-1] if isinstance(declared, str) and declared else None
         rows.reference.append((code, rtype, rid, ref))
+    _reference_identifier(rows, code, value)
+
+
+def _reference_identifier(rows: IndexRows, code: str, value: Any) -> None:
+    """The token row of a Reference's identifier (``:identifier``); alone, the rows of a narrowed
+    parameter (``Registry.narrowings``), whose reference rows are its source's."""
+    if not isinstance(value, dict):
+        return
     ident = value.get("identifier")
     if isinstance(ident, dict):
         system, v = _str(ident.get("system")), _str(ident.get("value"))
@@ -1727,9 +1738,12 @@ class TypeExtractor:
                 log.info("search parameter %s on %s falls back to fhirpathpy: %s", code, resource_type, exc)
                 fallbacks.append((param, expression))
                 continue
+            narrowed = registry.narrowing(resource_type, code) is not None
             for text in split_union(expression):
                 for branch in compiled[text].branches:
                     emit = _emitter(self.types, param.type, branch.type)
+                    if narrowed and emit is not None:
+                        emit = _reference_identifier if emit is _reference_reference else None
                     if emit is not None:
                         plan.append((code, branch.fn, emit))
         branches = {b.fn: b for c in compiled.values() for b in c.branches}

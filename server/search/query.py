@@ -503,7 +503,8 @@ class _Parser:
         return self.param_clause(a, params, modifier or None, raw)
 
     def lookup(self, types: Sequence[str] | None, name: str) -> list[tuple[Sequence[str] | None, SearchParam]]:
-        """The parameter ``name`` on every type searched, grouped by definition: [(types, param)].
+        """The parameter ``name`` on every type searched, grouped by definition (and for reference
+        parameters by where their rows are, :meth:`reference_rows`): [(types, param)].
 
         Unknown (on any of the types), unsupported types and expression-less parameters raise
         :class:`_Unsupported`.
@@ -513,14 +514,17 @@ class _Parser:
             if sp is None or sp.type not in SUPPORTED_TYPES or not sp.expression:
                 raise _Unsupported
             return [(None, sp)]
-        groups: dict[str, tuple[list[str], SearchParam]] = {}
+        groups: dict[tuple[str, str | None, str | None], tuple[list[str], SearchParam]] = {}
         kinds = set()
         for t in types:
             sp = self.registry.get(t, name)
             if sp is None or not searchable(sp, t):
                 raise _Unsupported
             kinds.add(sp.type)
-            groups.setdefault(sp.url, ([], sp))[0].append(t)
+            # one group per definition and, for a reference, per narrowing (see reference_rows)
+            narrowed = self.registry.narrowing(t, name) if sp.type == "reference" else None
+            key = (sp.url, *((narrowed[0].code, narrowed[1]) if narrowed else (None, None)))
+            groups.setdefault(key, ([], sp))[0].append(t)
         if len(kinds) > 1:
             raise _Unsupported  # the same code with different types: ambiguous across _type
         return [(tuple(ts), sp) for ts, sp in groups.values()]
@@ -558,10 +562,18 @@ class _Parser:
     def param_clause(
         self, a: str, params: list[tuple[Sequence[str] | None, SearchParam]], modifier: str | None, raw: str
     ) -> Clause:
-        parts = [self.one_param(a, types, sp, modifier, raw) for types, sp in params]
-        if len(parts) == 1:
-            return parts[0]
-        return Clause("(" + " OR ".join(c.sql for c in parts) + ")", [x for c in parts for x in c.params])
+        if len(params) == 1:
+            return self.one_param(a, params[0][0], params[0][1], modifier, raw)
+        # several groups of types: each part holds for its own types only (a negated part, such
+        # as :missing=true, would otherwise hold for every resource of the other groups' types)
+        sqls: list[str] = []
+        args: list[Any] = []
+        for types, sp in params:
+            part = self.one_param(a, types, sp, modifier, raw)
+            scope, scope_params = _scope_sql(f"{a}.res_type", types)
+            sqls.append(f"({scope[len(' AND ') :]} AND {part.sql})" if scope else part.sql)
+            args += [*scope_params, *part.params]
+        return Clause("(" + " OR ".join(sqls) + ")", args)
 
     def one_param(self, a: str, types: Sequence[str] | None, sp: SearchParam, modifier: str | None, raw: str) -> Clause:
         kind = sp.type
@@ -579,7 +591,7 @@ class _Parser:
             return self.root_composite_clause(a, types, sp, parts, modifier, raw)
         scope, scope_params = _scope_sql("res_type", types)
         if modifier == "missing":
-            return self.missing_clause(a, sp, scope, scope_params, raw)
+            return self.missing_clause(a, types, sp, scope, scope_params, raw)
         values = _split_or(raw)
         if not values:
             return Clause("1 = 1", [])
@@ -608,8 +620,10 @@ class _Parser:
                 conds = [(c, ps) for _, c, ps in found]
         except (ValueError, InvalidOperation) as exc:
             raise BadRequest(f"Invalid value for search parameter '{sp.code}': {exc}") from exc
+        # a narrowed reference parameter (patient: subject to a Patient) reads its source's rows
+        code, narrow, narrow_args = self.reference_rows(types, sp) if table == "reference" else (sp.code, "", [])
         cond = " OR ".join(c for c, _ in conds)
-        args = [sp.code, *scope_params, *[x for _, ps in conds for x in ps]]
+        args = [code, *narrow_args, *scope_params, *[x for _, ps in conds for x in ps]]
         if kind in ("date", "number", "quantity") and all(_split_prefix(v)[0] in _ONE_SIDED for v in values):
             # an open range (date=ge2018) usually matches much of the table: probe each candidate
             # through the (rid, param …) index instead of listing every match first (no res_type
@@ -617,10 +631,10 @@ class _Parser:
             probe = [sp.code, *[x for _, ps in conds for x in ps]]
             sql = f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ? AND ({cond}))"
             return Clause(sql, probe, probe=True)
-        sub = f"SELECT rid FROM idx_{table} WHERE param = ?{scope} AND ({cond})"
-        exists = f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ? AND ({cond}))"
+        sub = f"SELECT rid FROM idx_{table} WHERE param = ?{narrow}{scope} AND ({cond})"
+        exists = f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ?{narrow} AND ({cond}))"
         drive = _drive_rank(kind, modifier, values) if table == kind else None
-        probe_args = [sp.code, *[x for _, ps in conds for x in ps]]
+        probe_args = [code, *narrow_args, *[x for _, ps in conds for x in ps]]
         return Clause(f"{a}.rid IN ({sub})", args, rids=(sub, args), exists=(exists, probe_args), drive=drive)
 
     def union_clause(
@@ -669,7 +683,21 @@ class _Parser:
             return Clause("1 = 1", [])
         return Clause("(" + " OR ".join(c.sql for c in ors) + ")", [x for c in ors for x in c.params])
 
-    def missing_clause(self, a: str, sp: SearchParam, scope: str, scope_params: list[Any], raw: str) -> Clause:
+    def reference_rows(
+        self, types: Sequence[str] | None, sp: SearchParam, prefix: str = ""
+    ) -> tuple[str, str, list[Any]]:
+        """Where the reference rows of ``sp`` on ``types`` (one group of :meth:`lookup`) are: the
+        param code, and an extra condition (`` AND {prefix}target_type = ?``) with its value when
+        ``sp`` is a narrowed parameter (``Registry.narrowings``: ``patient`` is ``subject`` rows of
+        Patients)."""
+        found = self.registry.narrowing(types[0], sp.code) if types and sp.type == "reference" else None
+        if found is None:
+            return sp.code, "", []
+        return found[0].code, f" AND {prefix}target_type = ?", [found[1]]
+
+    def missing_clause(
+        self, a: str, types: Sequence[str] | None, sp: SearchParam, scope: str, scope_params: list[Any], raw: str
+    ) -> Clause:
         if raw.lower() not in ("true", "false"):
             raise BadRequest(f"':missing' takes true or false, not '{raw}'")
         negate = "NOT " if raw.lower() == "true" else ""
@@ -678,8 +706,9 @@ class _Parser:
             table = first.type if first is not None else "token"
             sub = f"SELECT rid FROM idx_{table} WHERE param = ?{scope}"
             return Clause(f"{a}.rid {negate}IN ({sub})", [f"{sp.code}:0", *scope_params])
-        sub = f"SELECT rid FROM idx_{sp.type} WHERE param = ?{scope}"
-        params: list[Any] = [sp.code, *scope_params]
+        code, narrow, narrow_args = self.reference_rows(types, sp)
+        sub = f"SELECT rid FROM idx_{sp.type} WHERE param = ?{narrow}{scope}"
+        params: list[Any] = [code, *narrow_args, *scope_params]
         if sp.type == "reference":  # a reference given only by identifier has a token row
             sub += f" UNION ALL SELECT rid FROM idx_token WHERE param = ?{scope}"
             params += [sp.code, *scope_params]
@@ -761,11 +790,12 @@ class _Parser:
                 t_params += [target, target, *inner.params]
             if not t_parts:
                 raise _Unsupported
+            code, narrow, narrow_args = self.reference_rows(group_types, sp, f"{x}.")
             ors.append(
-                f"{a}.rid IN (SELECT {x}.rid FROM idx_reference {x} WHERE {x}.param = ?{scope} "
+                f"{a}.rid IN (SELECT {x}.rid FROM idx_reference {x} WHERE {x}.param = ?{narrow}{scope} "
                 f"AND ({' OR '.join(t_parts)}))"
             )
-            out_params += [sp.code, *scope_params, *t_params]
+            out_params += [code, *narrow_args, *scope_params, *t_params]
         sql = ors[0] if len(ors) == 1 else "(" + " OR ".join(ors) + ")"
         return Clause(sql, out_params)
 
@@ -785,17 +815,18 @@ class _Parser:
         sources = (
             f"{x}.rid IN (SELECT {h}.rid FROM resources {h} WHERE {h}.res_type = ? AND {h}.deleted = 0 AND {inner.sql})"
         )
+        code, narrow, narrow_args = self.reference_rows((source,), ref, f"{x}.")
         if types is not None and len(types) == 1:
             sql = (
-                f"SELECT {x}.target_id FROM idx_reference {x} WHERE {x}.param = ? AND {x}.res_type = ? "
+                f"SELECT {x}.target_id FROM idx_reference {x} WHERE {x}.param = ?{narrow} AND {x}.res_type = ? "
                 f"AND {x}.target_type = ? AND {sources}"
             )
-            return Clause(f"{a}.res_id IN ({sql})", [ref.code, source, types[0], source, *inner.params])
+            return Clause(f"{a}.res_id IN ({sql})", [code, *narrow_args, source, types[0], source, *inner.params])
         sql = (
-            f"SELECT {x}.target_type, {x}.target_id FROM idx_reference {x} WHERE {x}.param = ? "
+            f"SELECT {x}.target_type, {x}.target_id FROM idx_reference {x} WHERE {x}.param = ?{narrow} "
             f"AND {x}.res_type = ? AND {sources}"
         )
-        return Clause(f"({a}.res_type, {a}.res_id) IN ({sql})", [ref.code, source, source, *inner.params])
+        return Clause(f"({a}.res_type, {a}.res_id) IN ({sql})", [code, *narrow_args, source, source, *inner.params])
 
     # result parameters -------------------------------------------------------------------
     def sort_keys(self, types: Sequence[str] | None, raw_values: list[str], unknown: list[str]) -> list[SortKey]:
@@ -822,10 +853,13 @@ class _Parser:
                     unknown.append(f"_sort={item}")
                     continue
                 agg, col = _SORT_COLUMNS[sp.type][1 if desc else 0]
-                codes = [q.code for q in self.registry.union_sources(sp)] or [sp.code]
+                code, narrow, narrow_args = self.reference_rows(params[0][0], sp, "s.")
+                codes = [q.code for q in self.registry.union_sources(sp)] or [code]
                 marks = ", ".join("?" for _ in codes)
-                sql = f"(SELECT {agg}(s.{col}) FROM idx_{sp.type} s WHERE s.rid = r.rid AND s.param IN ({marks}))"
-                keys.append(SortKey(name, desc, sql, tuple(codes)))
+                sql = (
+                    f"(SELECT {agg}(s.{col}) FROM idx_{sp.type} s WHERE s.rid = r.rid AND s.param IN ({marks}){narrow})"
+                )
+                keys.append(SortKey(name, desc, sql, (*codes, *narrow_args)))
         return keys
 
     def include_specs(self, raw: str, reverse: bool, iterate: bool, unknown: list[str], key: str) -> IncludeSpec | None:
@@ -846,6 +880,12 @@ class _Parser:
         if sp is None or sp.type != "reference":
             unknown.append(f"{key}={raw}")
             return None
+        narrowed = self.registry.narrowing(source, name)
+        if narrowed is not None:  # its source's rows of its one target type (Registry.narrowings)
+            if target is not None and target != narrowed[1]:
+                unknown.append(f"{key}={raw}")
+                return None
+            return IncludeSpec(source, narrowed[0].code, narrowed[1], iterate, reverse)
         return IncludeSpec(source, name, target, iterate, reverse)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,24 @@ class SearchParam:
             if base in _ABSTRACT_BASES:
                 fallback = expr
         return fallback
+
+
+#: ``X.where(resolve() is T)``: a reference parameter narrowed to one target type (``Registry.narrowings``)
+_NARROWED = re.compile(r"^(.+)\.where\(\s*resolve\(\)\s+is\s+([A-Za-z]+)\s*\)$")
+
+
+def _strip_parens(branch: str) -> str:
+    """A branch without the parentheses around all of it (``(Observation.subject)`` -> ``Observation.subject``)."""
+    text = branch.strip()
+    while text.startswith("(") and text.endswith(")") and split_union(text[1:-1]) == [text[1:-1].strip()]:
+        inner, depth = text[1:-1], 0
+        for ch in inner:  # the outer pair must enclose everything, not "(a) | (b)" style
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth < 0:
+                return text
+        text = inner.strip()
+    return text
 
 
 def split_union(expression: str) -> list[str]:
@@ -295,6 +314,7 @@ class Registry:
             rt: MappingProxyType(params) for rt, params in by_type.items()
         }
         self._unions: dict[str, Mapping[str, tuple[SearchParam, ...]]] = {}
+        self._narrowings: dict[str, Mapping[str, tuple[SearchParam, str]]] = {}
 
     @classmethod
     def load(cls, extra_paths: Iterable[str | Path] | None = None) -> Registry:
@@ -368,6 +388,53 @@ class Registry:
                 and frozenset().union(*(branches[q.code] for q in parts)) == mine
             ):
                 out[code] = tuple(parts)
+        return out
+
+    def narrowings(self, resource_type: str) -> Mapping[str, tuple[SearchParam, str]]:
+        """Reference parameters of ``resource_type`` that are another one narrowed to one target
+        type: code -> (that parameter, the target type).
+
+        A parameter is one when every branch of its expression is ``X.where(resolve() is T)``
+        with one ``T``, and another reference parameter of the type has exactly the ``X``
+        branches: R4's ``patient`` of Observation is ``Observation.subject.where(resolve() is
+        Patient)``, ``subject`` narrowed to Patient (47 such pairs in R4, on ``subject``,
+        ``actor``, ``link`` …). Its reference rows would repeat the source's rows of that target
+        type, so the extractor writes none for it (a reference row's ``target_type`` is the
+        type ``resolve()`` sees: the url's, else ``Reference.type``) and a search reads the
+        source's rows of that type (:mod:`server.search.query`). The token rows of a reference
+        given by identifier only are still written under the parameter itself (``:identifier``).
+        """
+        found = self._narrowings.get(resource_type)
+        if found is None:
+            found = self._narrowings[resource_type] = MappingProxyType(self._find_narrowings(resource_type))
+        return found
+
+    def narrowing(self, resource_type: str, code: str) -> tuple[SearchParam, str] | None:
+        """``narrowings(resource_type)[code]``, or None."""
+        return self.narrowings(resource_type).get(code)
+
+    def _find_narrowings(self, resource_type: str) -> dict[str, tuple[SearchParam, str]]:
+        params = self.params_for(resource_type)
+        plain: dict[frozenset[str], SearchParam] = {}
+        narrowed: dict[str, tuple[frozenset[str], str]] = {}
+        for code, p in sorted(params.items()):
+            expression = p.expression_for(resource_type)
+            if p.type != "reference" or not expression:
+                continue
+            branches = [_strip_parens(b) for b in split_union(expression)]
+            matches = [_NARROWED.match(b) for b in branches]
+            if all(m is not None for m in matches):
+                targets = {m.group(2) for m in matches if m is not None}
+                if len(targets) == 1:
+                    sources = frozenset(_strip_parens(m.group(1)) for m in matches if m is not None)
+                    narrowed[code] = (sources, targets.pop())
+            else:
+                plain.setdefault(frozenset(branches), p)
+        out: dict[str, tuple[SearchParam, str]] = {}
+        for code, (sources, target) in narrowed.items():
+            source = plain.get(sources)
+            if source is not None:
+                out[code] = (source, target)
         return out
 
     def _components(self, param: SearchParam) -> tuple[tuple[str | None, str], ...]:

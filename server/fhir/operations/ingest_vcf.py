@@ -188,7 +188,14 @@ def _reference_rows(rows: IndexRows, code: str, value: Any) -> None:
             if len(_TARGETS) < 4096:  # the subjects of an ingestion recur; derived-from targets do not
                 _TARGETS[ref] = target
         target_type, target_id = target
+        if target_type is None:
+            declared = _str(value.get("type"))
+            target_type = declared.rsplit("/", 1)[-1] if declared else None
         rows.reference.append((code, target_type, target_id, ref))
+    _identifier_rows(rows, code, value)
+
+
+def _identifier_rows(rows: IndexRows, code: str, value: Any) -> None:
     identifier = value.get("identifier")
     if identifier.__class__ is dict:
         system, ident = _str(identifier.get("system")), _str(identifier.get("value"))
@@ -235,7 +242,8 @@ def _observation_rows(resource: dict[str, Any]) -> IndexRows:
             declared = _str(item.get("type")) if item.__class__ is dict else None
             target = reference_target(ref)[0] if ref and ref[0] != "#" else None
             if (target or (declared.rsplit("/", 1)[-1] if declared else None)) == "Patient":
-                _reference_rows(rows, "patient", item)
+                # patient is subject narrowed to Patient: only its identifier rows are its own
+                _identifier_rows(rows, "patient", item)
     for key, code in (("derivedFrom", "derived-from"), ("focus", "focus")):
         value = resource.get(key)
         if value is not None:

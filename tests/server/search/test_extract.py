@@ -209,18 +209,18 @@ def test_references_relative_absolute_contained_and_logical(registry: Registry) 
     def obs(subject: dict[str, Any]) -> dict[str, Any]:
         return {"resourceType": "Observation", "status": "final", "subject": subject}
 
+    # patient is subject narrowed to Patient (Registry.narrowings): its reference rows are the
+    # subject rows whose target type is Patient, and it has none of its own
     rel = extract(obs({"reference": "Patient/123"}), registry)
     assert rel.only("subject").reference == [("subject", "Patient", "123", "Patient/123")]
-    assert rel.only("patient").reference == [("patient", "Patient", "123", "Patient/123")]
+    assert rel.only("patient").reference == []
 
     url = "http://other.example/fhir/Patient/abc/_history/2"
     absolute = extract(obs({"reference": url}), registry)
     assert absolute.only("subject").reference == [("subject", "Patient", "abc", url)]
-    assert absolute.only("patient").reference == [("patient", "Patient", "abc", url)]
 
     group = extract(obs({"reference": "Group/g1"}), registry)
     assert group.only("subject").reference == [("subject", "Group", "g1", "Group/g1")]
-    assert group.only("patient").reference == []  # where(resolve() is Patient)
 
     contained = extract(obs({"reference": "#p1"}), registry)
     assert contained.only("subject").reference == [] and contained.only("subject").token == []
@@ -228,6 +228,9 @@ def test_references_relative_absolute_contained_and_logical(registry: Registry) 
     urn = "urn:uuid:9d3c9b8e-0a55-4a4c-8d0b-5f0f2b0e3e55"
     by_urn = extract(obs({"reference": urn}), registry)
     assert by_urn.only("subject").reference == [("subject", None, None, urn)]
+    # the target type resolve() sees: the url's, else the declared type
+    typed_urn = extract(obs({"reference": urn, "type": "Patient"}), registry)
+    assert typed_urn.only("subject").reference == [("subject", "Patient", None, urn)]
 
     logical = extract(obs({"identifier": {"system": "urn:mrn", "value": "42"}, "type": "Patient"}), registry)
     assert logical.only("subject").reference == []
@@ -674,7 +677,7 @@ def test_compiled_extractors_match_fhirpathpy_on_all_r4_examples(registry: Regis
         pytest.skip(f"official R4 examples not found at {EXAMPLES} (../shared missing)")
     files = 0
     compared: dict[str, int] = dict.fromkeys(TABLES, 0)
-    compared_unions = 0
+    compared_unions = compared_narrowed = 0
     mismatches: list[str] = []
     for name, resource in _examples():
         files += "#" not in name
@@ -695,6 +698,12 @@ def test_compiled_extractors_match_fhirpathpy_on_all_r4_examples(registry: Regis
                 assert not mine, f"{name}: union parameter {code} has rows"
                 mine = _renamed([ours.only(source.code) for source in unions[code]], code)
                 compared_unions += 1
+            narrowed = registry.narrowing(rtype, code)
+            if narrowed is not None:  # its source's reference rows of its target type, its own tokens
+                assert not mine.reference, f"{name}: narrowed parameter {code} has reference rows"
+                source, target = narrowed
+                mine.reference = [(code, *row[1:]) for row in ours.only(source.code).reference if row[1] == target]
+                compared_narrowed += bool(mine.reference)
             for table in TABLES:
                 a, b = set(getattr(mine, table)), set(getattr(theirs, table))
                 compared[table] += len(b)
@@ -704,6 +713,7 @@ def test_compiled_extractors_match_fhirpathpy_on_all_r4_examples(registry: Regis
                     )
     assert files == 713
     assert compared_unions > 500  # every Observation example, for each union parameter
+    assert compared_narrowed > 500, compared_narrowed  # patient of most clinical examples …
     assert not mismatches, f"{len(mismatches)} differences, e.g.:\n" + "\n".join(mismatches[:20])
     # the comparison is not vacuous: every index table got rows from the examples
     assert all(n > 50 for n in compared.values()), compared
