@@ -51,8 +51,10 @@ Skipped and counted in :attr:`VcfMapping.report` (records count once under the f
 mapped with a ``note`` naming the filters. A partly called genotype (``1/.``) is mapped without
 allelic state. BCF input is not read (text VCF only).
 
-Ids are uuid5(``NAMESPACE``, patient, sample, file sha256, line, CHROM, POS, REF, ALT, kind): the
-same file ingested again for the same patient and sample yields the same ids (idempotent writes).
+Ids are ``<ingestion>-<line>-<key>`` (:class:`_Ids`: hashes of patient, sample and file sha256, the
+record's line number, a hash of CHROM, POS, REF, ALT and kind): the same file ingested again for
+the same patient and sample yields the same ids (idempotent writes), in ascending order through the
+file.
 A variant Observation and its MolecularSequence share one id (ids are unique per resource type).
 References between resources use them (``Observation/<id>``); subject is ``Patient/<patient_id>``.
 The DiagnosticReport lists every Observation, so one reference string per Observation is held
@@ -99,7 +101,7 @@ from mappers.vcf_annotations import Annotation, AnnotationReader, PopulationFreq
 
 __all__ = ["EXT_INGESTION", "NAMESPACE", "VcfError", "VcfMapping", "VcfReport", "map_vcf", "read_bed"]
 
-#: uuid5 namespace of every id this mapper derives
+#: the namespace hashed into every id this mapper derives (a uuid, for its 16 bytes)
 NAMESPACE = uuid.UUID("6f0c5b8e-3d1a-5c55-9a57-4b1e0f2f7a11")
 #: DiagnosticReport extension carrying the ingestion summary
 EXT_INGESTION = "http://bigmed.example/fhir/StructureDefinition/vcf-ingestion"
@@ -484,20 +486,22 @@ def _valid_alt(alt: str) -> bool:
 
 
 class _Ids:
-    """uuid5(NAMESPACE, "<patient>\\x1f<sample>\\x1f<sha256>\\x1f<key>") without re-hashing the prefix."""
+    """The ids of one ingestion: ``<ingestion>-<line>-<key>``, ascending through the file.
+
+    ``<ingestion>`` is 16 hex digits of sha1(``NAMESPACE``, patient, sample, file sha256),
+    ``<line>`` the record's line number (9 digits), ``<key>`` 16 hex digits of sha1 of what tells
+    the resources of one line apart (CHROM, POS, REF, ALT, kind). The same file for the same
+    patient and sample gives the same ids (idempotent writes); and, unlike uuids, one ingestion's
+    ids come in ascending order, so the store's B-trees keyed by them (the resources' ids, the
+    references to them: ``result``, ``derived-from``) grow at their end instead of at a random
+    page per resource (``bench/vcf.py``: README, "Performance").
+    """
 
     def __init__(self, patient: str, sample: str, sha256: str) -> None:
-        self._prefix = hashlib.sha1(NAMESPACE.bytes + f"{patient}\x1f{sample}\x1f{sha256}\x1f".encode())
+        self._prefix = hashlib.sha1(NAMESPACE.bytes + f"{patient}\x1f{sample}\x1f{sha256}".encode()).hexdigest()[:16]
 
-    def __call__(self, key: str) -> str:
-        h = self._prefix.copy()
-        h.update(key.encode())
-        x = h.hexdigest()
-        # RFC 4122 version 5 and variant bits, as uuid.uuid5 sets them
-        return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_NIBBLE[x[16]]}{x[17:20]}-{x[20:32]}"
-
-
-_VARIANT_NIBBLE = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+    def __call__(self, line: int, key: str) -> str:
+        return f"{self._prefix}-{line:09d}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
 
 
 def _reject_line(path: Path, line_no: int, line: str) -> None:
@@ -974,7 +978,7 @@ class VcfMapping:
                         so_name = _change_type(ref, alt)
                     # -- variant Observation and its MolecularSequence (same id, two types) ------
                     key = f"{line_no}:{contig}:{pos}:{ref}:{alt}"
-                    oid = ids(key)
+                    oid = ids(line_no, key)
                     observation_ref = "Observation/" + oid
                     annotation: Annotation | None = None
                     if annotated and info is not None:
@@ -1079,12 +1083,16 @@ class VcfMapping:
                     variants += 1
                     observations.append(observation_ref)
                     if annotation is not None and annotation.consequences:
-                        consequence = k.consequence(ids(key + ":consequence"), subject_ref, observation_ref, annotation)
+                        consequence = k.consequence(
+                            ids(line_no, key + ":consequence"), subject_ref, observation_ref, annotation
+                        )
                         yield consequence
                         counts["molecular-consequence"] += 1
                         observations.append("Observation/" + consequence["id"])
                     if info is not None and header.clinvar and len(alts) == 1:
-                        implication = k.implication(ids(key + ":implication"), subject_ref, observation_ref, info)
+                        implication = k.implication(
+                            ids(line_no, key + ":implication"), subject_ref, observation_ref, info
+                        )
                         if implication is not None:
                             yield implication
                             counts["diagnostic-implication"] += 1
@@ -1098,7 +1106,7 @@ class VcfMapping:
                         phase_sets[phase_set] = (observation_ref, haplotype)
                         if previous is not None:
                             relation = k.phase(
-                                ids(f"{previous[0]}:{observation_ref}:phase"),
+                                ids(line_no, f"{previous[0]}:{observation_ref}:phase"),
                                 subject_ref,
                                 previous[0],
                                 observation_ref,
@@ -1155,7 +1163,7 @@ class VcfMapping:
             )
         resource: dict[str, Any] = {
             "resourceType": "DiagnosticReport",
-            "id": ids("report"),
+            "id": ids(0, "report"),
             "extension": [{"url": EXT_INGESTION, "extension": extension}],
             "status": "final",
             "category": [gc.concept(gc.V2_0074, "GE", "Genetics")],

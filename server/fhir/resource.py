@@ -7,7 +7,9 @@ content is kept as sent: only ``id`` and ``meta`` are touched.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +41,17 @@ def check_id(id_: str) -> None:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A server-assigned id: a UUID version 7 (RFC 9562 5.7), its first 48 bits the Unix time in ms.
+
+    Unlike random (version 4) uuids, ids assigned one after another ascend (within one
+    millisecond in random order), so the store's B-trees keyed by id, the resources' and the
+    references to them, grow at their end instead of at a random page per resource: the way
+    HAPI FHIR's sequential ids behave for the database, without revealing a count.
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 random bits: 12 for rand_a, 62 for rand_b
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | (rand & (2**62 - 1))
+    return str(uuid.UUID(int=value))
 
 
 def instant(ts: float) -> str:

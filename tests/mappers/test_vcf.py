@@ -9,9 +9,10 @@ codes and values.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import re
 import struct
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -607,7 +608,7 @@ def test_regions_from_bed_files() -> None:
 
 
 # -- identity ------------------------------------------------------------------------------------
-def test_ids_are_deterministic_uuid5() -> None:
+def test_ids_are_deterministic_and_ascend_through_the_file() -> None:
     first = [r["id"] for r in run(DATA / "phased_grch38.vcf", patient="pat-1")[1]]
     second = [r["id"] for r in run(DATA / "phased_grch38.vcf", patient="pat-1")[1]]
     other = [r["id"] for r in run(DATA / "phased_grch38.vcf", patient="pat-2")[1]]
@@ -617,11 +618,15 @@ def test_ids_are_deterministic_uuid5() -> None:
     first_record = 1 + next(
         i for i, line in enumerate((DATA / "phased_grch38.vcf").open()) if line.startswith("#CHROM")
     )
-    name = f"pat-1\x1fS1\x1f{mapping.sha256}\x1f{first_record + 1}:chr7:100:G:A"
-    assert first[0] == str(uuid.uuid5(NAMESPACE, name))
-    assert all(uuid.UUID(i).version == 5 for i in first)
+    ingestion = hashlib.sha1(NAMESPACE.bytes + f"pat-1\x1fS1\x1f{mapping.sha256}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{first_record + 1}:chr7:100:G:A".encode()).hexdigest()[:16]
+    assert first[0] == f"{ingestion}-{first_record + 1:09d}-{key}"
+    assert all(re.fullmatch(r"[0-9a-f]{16}-[0-9]{9}-[0-9a-f]{16}", i) for i in first)
     observations = [r for r in run(DATA / "phased_grch38.vcf")[1] if r["resourceType"] == "Observation"]
     assert len({r["id"] for r in observations}) == len(observations)
+    # in file order, the ids ascend line by line (the store's id-keyed B-trees grow at their end)
+    lines = [r["id"].split("-")[1] for r in observations]
+    assert lines == sorted(lines) and len(set(lines)) > 3
 
 
 def test_mapping_attributes_and_rerun_resets_the_report() -> None:

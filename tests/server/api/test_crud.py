@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 import pytest
@@ -47,6 +49,19 @@ def test_create_read_headers(client: Any) -> None:
 def test_create_ignores_body_id(client: Any) -> None:
     resp = _post(client, "Patient", _patient(id="client-chosen"))
     assert resp.status_code == 201 and resp.get_json()["id"] != "client-chosen"
+
+
+def test_server_assigned_ids_are_uuid7_ascending_by_time(client: Any) -> None:
+    """Ids of created resources are UUID version 7 (RFC 9562): the creation time in ms first."""
+    ids = []
+    for _ in range(3):
+        ids.append(_post(client, "Patient", _patient()).get_json()["id"])
+        time.sleep(0.002)  # the next millisecond: within one, the order is random
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    ms = int(ids[0].replace("-", "")[:12], 16)
+    assert abs(ms / 1000 - time.time()) < 60
 
 
 def test_update_as_create_update_vread_history(client: Any) -> None:
