@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from tests.conftest import make_app, postgres_url
 
 FHIR = "application/fhir+json"
@@ -20,6 +22,22 @@ def loaded_app(backend: str, folder: Any, resources: list[dict[str, Any]]) -> It
         yield app
     finally:
         app.extensions["bigmed"].store.close()
+
+
+def backend_fixtures(resources: list[dict[str, Any]], folder: str) -> tuple[Any, Any]:
+    """Pytest fixtures ``loaded`` (an app holding ``resources``, once per module on each backend)
+    and ``client`` (its test client): ``loaded, client = backend_fixtures(RESOURCES, "name")``."""
+
+    @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+    def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+        with loaded_app(request.param, tmp_path_factory.mktemp(folder), resources) as app:
+            yield app
+
+    @pytest.fixture
+    def client(loaded: Any) -> Any:
+        return loaded.test_client()
+
+    return loaded, client
 
 
 def put_all(client: Any, resources: list[dict[str, Any]]) -> None:

@@ -12,13 +12,12 @@ absolute url, or an identifier with and without a type.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from server.search.registry import Registry, SearchParam, default_registry
-from tests.server.search.searchutil import bundle, entries, ids, loaded_app, warnings
+from tests.server.search.searchutil import backend_fixtures, bundle, entries, ids, warnings
 
 URN = "urn:uuid:6f1c3c1e-1b7a-4a55-9b43-1d2f0e6c7a10"
 ABSOLUTE = "http://other.example/fhir/Patient/p2"
@@ -112,15 +111,7 @@ def test_a_parameter_is_narrowed_only_to_one_type_of_an_existing_parameter() -> 
     assert narrowed is not None and (narrowed[0].code, narrowed[1]) == ("subject", "Patient")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with loaded_app(request.param, tmp_path_factory.mktemp("narrowed"), RESOURCES) as app:
-        yield app
-
-
-@pytest.fixture
-def client(loaded: Any) -> Any:
-    return loaded.test_client()
+loaded, client = backend_fixtures(RESOURCES, "narrowed")
 
 
 def test_no_narrowed_reference_rows_are_stored(loaded: Any) -> None:

@@ -21,7 +21,7 @@ import pytest
 from server import jsonio
 from server.search.extract import composite_sources, extractor_for, root_composites
 from server.search.registry import Registry, default_registry
-from tests.server.search.searchutil import bundle, ids, loaded_app
+from tests.server.search.searchutil import backend_fixtures, bundle, ids
 from tests.server.search.test_extract import EXAMPLES, fhirpathpy_rows
 
 LOINC = "http://loinc.org"
@@ -132,15 +132,7 @@ def test_component_values_are_the_source_parameters_rows_on_every_r4_observation
     assert not mismatches, "\n".join(mismatches[:20])
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with loaded_app(request.param, tmp_path_factory.mktemp("roots"), RESOURCES) as app:
-        yield app
-
-
-@pytest.fixture
-def client(loaded: Any) -> Any:
-    return loaded.test_client()
+loaded, client = backend_fixtures(RESOURCES, "roots")
 
 
 def test_no_root_composite_rows_are_stored(loaded: Any) -> None:

@@ -10,13 +10,12 @@ nothing (the rows of the two sources have overlapping item numbers).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from server.search.registry import Registry, default_registry
-from tests.server.search.searchutil import bundle, ids, loaded_app
+from tests.server.search.searchutil import backend_fixtures, bundle, ids
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -104,15 +103,7 @@ def test_a_parameter_is_a_union_only_when_its_sources_cover_it() -> None:
     assert "combo-value-quantity" in narrower.unions("Observation")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with loaded_app(request.param, tmp_path_factory.mktemp("unions"), RESOURCES) as app:
-        yield app
-
-
-@pytest.fixture
-def client(loaded: Any) -> Any:
-    return loaded.test_client()
+loaded, client = backend_fixtures(RESOURCES, "unions")
 
 
 def test_no_union_rows_are_stored(loaded: Any) -> None:
