@@ -853,13 +853,17 @@ class _Parser:
                     unknown.append(f"_sort={item}")
                     continue
                 agg, col = _SORT_COLUMNS[sp.type][1 if desc else 0]
-                code, narrow, narrow_args = self.reference_rows(params[0][0], sp, "s.")
-                codes = [q.code for q in self.registry.union_sources(sp)] or [code]
-                marks = ", ".join("?" for _ in codes)
-                sql = (
-                    f"(SELECT {agg}(s.{col}) FROM idx_{sp.type} s WHERE s.rid = r.rid AND s.param IN ({marks}){narrow})"
-                )
-                keys.append(SortKey(name, desc, sql, (*codes, *narrow_args)))
+                conds: list[str] = []
+                args: list[Any] = []
+                for group_types, group_sp in params:  # groups differ where a reference is narrowed
+                    code, narrow, narrow_args = self.reference_rows(group_types, group_sp, "s.")
+                    codes = [q.code for q in self.registry.union_sources(group_sp)] or [code]
+                    scope, scope_params = _scope_sql("s.res_type", group_types if len(params) > 1 else None)
+                    conds.append(f"s.param IN ({', '.join('?' for _ in codes)}){narrow}{scope}")
+                    args += [*codes, *narrow_args, *scope_params]
+                where = conds[0] if len(conds) == 1 else "(" + " OR ".join(f"({c})" for c in conds) + ")"
+                sql = f"(SELECT {agg}(s.{col}) FROM idx_{sp.type} s WHERE s.rid = r.rid AND {where})"
+                keys.append(SortKey(name, desc, sql, tuple(args)))
         return keys
 
     def include_specs(self, raw: str, reverse: bool, iterate: bool, unknown: list[str], key: str) -> IncludeSpec | None:

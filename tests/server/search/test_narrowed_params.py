@@ -204,3 +204,12 @@ def test_a_search_over_types_narrowed_on_one_and_plain_on_another(client: Any) -
     assert sorted(entries(found)) == ["AllergyIntolerance/a1", "Condition/c1", "Observation/o-patient"]
     missing = bundle(client, "/fhir?_type=AllergyIntolerance,Condition&patient:missing=true")
     assert entries(missing) == ["Condition/c-group"]
+    # a chain and a sort over both: each type reads its own rows
+    chained = bundle(client, "/fhir?_type=Observation,AllergyIntolerance,Condition&patient.name=alpha")
+    assert sorted(entries(chained)) == ["AllergyIntolerance/a1", "Condition/c1", "Observation/o-patient"]
+    ordered = entries(
+        bundle(client, "/fhir?_type=Observation,AllergyIntolerance&patient:missing=false&_sort=patient&_id:not=o-ident")
+    )
+    # "Patient/p1" (both, its own patient row and a subject row) < "http://…" < "urn:…"; nothing without a value
+    assert sorted(ordered[:2]) == ["AllergyIntolerance/a1", "Observation/o-patient"]
+    assert ordered[2:] == ["Observation/o-absolute", "Observation/o-urn"]
