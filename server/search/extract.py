@@ -43,6 +43,11 @@ Row semantics (one builder per parameter type and value type, shared with the fa
 * union parameters (:meth:`server.search.registry.Registry.unions`: R4's ``combo-*``, whose
   expression is the union of other parameters' expressions) are not indexed either: their rows
   would repeat those of the parameters they unite, which a search reads instead.
+* narrowed reference parameters (``Registry.narrowings``: Observation's ``patient`` is
+  ``subject.where(resolve() is Patient)``) get only their identifier token rows: their reference
+  rows would be their source's rows of that target type, which a search reads instead. A
+  reference row's ``target_type`` is the type ``resolve()`` sees: the url's, else
+  ``Reference.type`` (a ``urn:uuid:`` reference declared a Patient is a Patient's).
 * composites on the resource itself whose every component selects exactly the values of another
   parameter of the type (:func:`root_composites`: R4's ``code-value-quantity``,
   ``code-value-concept`` and ``code-value-date`` on Observation, a sixth of an Observation's
