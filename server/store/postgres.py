@@ -1,4 +1,4 @@
-"""PostgreSQL store: psycopg 3 with a connection pool, JSONB content.
+"""PostgreSQL store: psycopg 3 with a connection pool, content as zstd frames (``BYTEA``).
 
 Writers run in explicit transactions (READ COMMITTED). Work that must not race with itself —
 every write of one (type, id), a conditional create's search-then-insert — takes a
@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from server.store import content
 from server.store.base import ConflictRetry
 from server.store.sql import Cursor, SqlStoreBase, SqlWriteTx
 
@@ -56,9 +55,6 @@ class _PgWriteTx(SqlWriteTx):
     ) -> None:
         self._insert_rows(table, columns, [(rids[row[0]], *row[1:]) for row in rows])  # drawn rids need not follow
 
-    def _content_value(self, data: bytes) -> tuple[Any, bytes | None]:
-        return content.encode("postgresql", data)  # with the exact bytes where JSONB would print them otherwise
-
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
     # psycopg prepares a statement after 5 runs, and PostgreSQL then switches to a generic plan
@@ -70,8 +66,6 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 
 class PostgresStore(SqlStoreBase):
     dialect = "postgresql"
-    content_select = "COALESCE(convert_from(h.raw, 'UTF8'), h.content::text)"
-    content_param = "?::jsonb"
 
     def __init__(self, url: str, pool_size: int = 8) -> None:
         if url.startswith("postgres://"):

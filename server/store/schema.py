@@ -5,14 +5,13 @@ Tables (one DDL text, rendered per dialect):
 ``resources``  the current version of each resource: ``rid`` (surrogate key), ``res_type``,
                ``res_id``, ``version``, ``ts`` (lastUpdated, UTC epoch seconds), ``deleted``.
 ``history``    every version, ``seq`` ordered: ``rid``, ``res_type``, ``res_id``, ``version``,
-               ``ts``, ``deleted``, ``method``, ``content`` (the JSON served, JSONB on
-               PostgreSQL, the exact bytes on SQLite compressed as a zstd frame by
-               :mod:`server.store.content`, or plain JSON in rows written before it; NULL
-               for a delete tombstone), ``raw``
-               (PostgreSQL only, and only when JSONB would print a number differently from
-               the client, e.g. ``1.0E+245``: the exact bytes, served instead). The current
-               content is read by joining ``resources`` to ``history`` on (rid, version), so
-               it is written once.
+               ``ts``, ``deleted``, ``method``, ``content`` (the JSON served: the exact bytes
+               compressed as a zstd frame by :mod:`server.store.content`, BLOB/BYTEA, or plain
+               JSON in rows written before it; NULL for a delete tombstone), ``raw`` (unused
+               since schema version 3: PostgreSQL kept JSONB content before, with the exact
+               bytes here where JSONB would print a number differently; the migration folds
+               them into ``content``). The current content is read by joining ``resources`` to
+               ``history`` on (rid, version), so it is written once.
 ``idx_token``, ``idx_string``, ``idx_reference``, ``idx_date``, ``idx_number``,
 ``idx_quantity``, ``idx_uri``
                one search index table per search-parameter type
@@ -98,11 +97,12 @@ from __future__ import annotations
 
 __all__ = ["ADDED_COLUMNS", "REBUILT_INDEXES", "SCHEMA_VERSION", "ddl", "rebuilt_indexes"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Indexes whose definition changed in a schema version: migrating a database from an older
 #: version drops them before the indexes are created (``CREATE INDEX IF NOT EXISTS`` keeps an
-#: index of that name as it is). 2: ``idx_token_value`` puts ``rid`` before ``system``.
+#: index of that name as it is). 2: ``idx_token_value`` puts ``rid`` before ``system``. (3 changed
+#: no index: PostgreSQL's ``history.content`` became BYTEA, see ``SqlStoreBase._content_to_bytea``.)
 REBUILT_INDEXES: dict[int, tuple[str, ...]] = {2: ("idx_token_value",)}
 
 _TYPES = {
@@ -117,7 +117,7 @@ _TYPES = {
     },
     "postgresql": {
         "pk": "BIGSERIAL PRIMARY KEY",
-        "json": "JSONB",
+        "json": "BYTEA",
         "blob": "BYTEA",
         "real": "DOUBLE PRECISION",
         "num": "NUMERIC",

@@ -7,6 +7,7 @@ SQL is written with ``?`` placeholders; the PostgreSQL store rewrites them to ``
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from typing import Any
 
+from server.store import content
 from server.store.base import INDEX_TABLES, STORE_ID_KEY, DerivedIndex, FreshBatch, HistoryEntry, StoredResource
 from server.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, ddl, rebuilt_indexes
 
@@ -42,6 +44,8 @@ INDEX_COLUMNS = {table: ("rid", "res_type", "param", *cols, "grp") for table, co
 #: Length of an ordinary row tuple (param + value columns); a composite row has ``grp`` after them.
 _ROW_LEN = {table: 1 + len(cols) for table, cols in INDEX_TABLES.items()}
 _REINDEX_CHUNK = 500
+log = logging.getLogger(__name__)
+
 _HISTORY_COLUMNS = ("rid", "res_type", "res_id", "version", "ts", "deleted", "method", "content", "raw")
 
 
@@ -113,8 +117,6 @@ class SqlStoreBase:
     """Read paths and schema management shared by both SQL stores."""
 
     dialect: str = ""
-    content_select: str = "h.content"  # how the JSON column is read as text/bytes
-    content_param: str = "?"  # how it is written
     derived: tuple[DerivedIndex, ...] = ()  # set by open_store; kept in step by put/put_many
 
     def before_close(self, hook: Callable[[], object]) -> None:
@@ -133,12 +135,9 @@ class SqlStoreBase:
     def _sql(self, sql: str) -> str:
         return sql
 
-    def _decode(self, content: Any) -> bytes | None:
-        if content is None:
-            return None
-        if isinstance(content, str):
-            return content.encode("utf-8")
-        return bytes(content)
+    def _decode(self, stored: Any) -> bytes | None:
+        """The JSON bytes of a content column value (a zstd frame, or plain JSON written before)."""
+        return None if stored is None else content.decompress(bytes(stored))
 
     # -- schema ---------------------------------------------------------------------------
     def _columns(self, cur: Cursor, table: str) -> set[str]:
@@ -162,6 +161,8 @@ class SqlStoreBase:
         for table, column, sql_type in ADDED_COLUMNS:
             if column not in self._columns(cur, table):
                 cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
+        if self.dialect == "postgresql":
+            self._content_to_bytea(cur)
         cur.execute("SELECT version FROM schema_meta")
         row = cur.fetchone()
         if row is not None and row[0] > SCHEMA_VERSION:
@@ -184,10 +185,27 @@ class SqlStoreBase:
             (STORE_ID_KEY, secrets.randbits(62)),
         )
 
+    def _content_to_bytea(self, cur: Cursor) -> None:
+        """PostgreSQL databases before schema version 3 kept ``history.content`` as JSONB: make it
+        ``BYTEA`` holding what was served (the exact ``raw`` bytes where there were some, else the
+        JSONB's text), read as plain JSON beside the zstd frames written from now on."""
+        cur.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'history' AND column_name = 'content'"
+        )
+        row = cur.fetchone()
+        if row is not None and row[0] == "jsonb":
+            log.warning("history.content: JSONB -> BYTEA (schema version 3), once; a large database takes a while")
+            cur.execute(
+                "ALTER TABLE history ALTER COLUMN content TYPE BYTEA "
+                "USING COALESCE(raw, convert_to(content::text, 'UTF8'))"
+            )
+            cur.execute("UPDATE history SET raw = NULL WHERE raw IS NOT NULL")
+
     # -- reads ----------------------------------------------------------------------------
     def _select_current(self, where: str) -> str:
         return self._sql(
-            f"SELECT {_COLS}, {self.content_select} FROM resources r "
+            f"SELECT {_COLS}, h.content FROM resources r "
             f"LEFT JOIN history h ON h.rid = r.rid AND h.version = r.version WHERE {where}"
         )
 
@@ -213,7 +231,7 @@ class SqlStoreBase:
     def vread(self, type_: str, id_: str, version: int) -> StoredResource | None:
         sql = self._sql(
             "SELECT h.rid, h.res_type, h.res_id, h.version, h.ts, h.deleted, "
-            f"{self.content_select} FROM resources r JOIN history h ON h.rid = r.rid AND h.version = ? "
+            "h.content FROM resources r JOIN history h ON h.rid = r.rid AND h.version = ? "
             "WHERE r.res_type = ? AND r.res_id = ?"
         )
         with self._reader() as cur:
@@ -255,7 +273,7 @@ class SqlStoreBase:
         where, params = self._history_where(type_, id_, since, before_seq)
         sql = self._sql(
             "SELECT h.rid, h.res_type, h.res_id, h.version, h.ts, h.deleted, "
-            f"{self.content_select}, h.seq, h.method FROM history h WHERE {where} ORDER BY h.seq DESC LIMIT ?"
+            f"h.content, h.seq, h.method FROM history h WHERE {where} ORDER BY h.seq DESC LIMIT ?"
         )
         with self._reader() as cur:
             cur.execute(sql, (*params, limit))
@@ -410,7 +428,7 @@ class SqlWriteTx:
         cur.execute(
             sql(
                 "INSERT INTO history (rid, res_type, res_id, version, ts, deleted, method, content, raw) "
-                f"VALUES (?, ?, ?, ?, ?, ?, ?, {self.store.content_param}, ?)"
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ),
             (rid, res.type, res.id, res.version, res.ts, int(res.deleted), method, content, raw),
         )
@@ -431,9 +449,9 @@ class SqlWriteTx:
             rid=rid, type=res.type, id=res.id, version=res.version, ts=res.ts, deleted=res.deleted, content=res.content
         )
 
-    def _content_value(self, content: bytes) -> tuple[Any, bytes | None]:
-        """(value of the content column, value of the raw column)."""
-        return content, None
+    def _content_value(self, data: bytes) -> tuple[Any, bytes | None]:
+        """(value of the content column, value of the raw column): the zstd frame (:mod:`server.store.content`)."""
+        return content.encode(data)
 
     def _insert_index(self, rid: int, type_: str, index: Any) -> None:
         for table in INDEX_TABLES:
@@ -607,7 +625,8 @@ class SqlWriteTx:
         """Insert rows whose first value is a resource's number in its batch, stored as its rid."""
         if not isinstance(rids, range) or rids.step != 1:
             raise ValueError("SQLite numbers rows from consecutive rids (those _reserve_rids gives)")
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES (? + {int(rids.start)}, {self._marks(columns[1:])})"
+        marks = ", ".join("?" for _ in columns[1:])
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES (? + {int(rids.start)}, {marks})"
         self.cur.executemany(self.store._sql(sql), rows)
 
     def refresh_statistics(self) -> None:
@@ -622,12 +641,8 @@ class SqlWriteTx:
 
     def _insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert many rows into ``table`` (``executemany``; PostgreSQL uses COPY)."""
-        marks = self._marks(columns)
+        marks = ", ".join("?" for _ in columns)
         self.cur.executemany(self.store._sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"), rows)
-
-    def _marks(self, columns: Sequence[str]) -> str:
-        """The placeholders of ``columns`` in an INSERT (the content column's is the backend's)."""
-        return ", ".join(self.store.content_param if c == "content" else "?" for c in columns)
 
     def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
         """The current versions (tombstones included) of many (type, id), as this transaction sees them."""

@@ -18,9 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-from server.store import content
 from server.store.sql import Cursor, SqlStoreBase, SqlWriteTx
 
 __all__ = ["SqliteStore"]
@@ -37,11 +35,6 @@ def _path_from_url(url: str) -> tuple[str, bool]:
         return f"file:bigmed-mem-{next(_memory_ids)}?mode=memory&cache=shared", True
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return path, False
-
-
-class _SqliteWriteTx(SqlWriteTx):
-    def _content_value(self, data: bytes) -> tuple[Any, bytes | None]:
-        return content.encode("sqlite", data)
 
 
 class SqliteStore(SqlStoreBase):
@@ -78,9 +71,6 @@ class SqliteStore(SqlStoreBase):
             self._local.conn = conn
         yield conn.cursor()
 
-    def _decode(self, stored: Any) -> bytes | None:
-        return None if stored is None else content.decompress(stored)
-
     def generations(self, types: Sequence[str]) -> dict[str, int]:
         """Per-type generations, re-read only when another connection committed since the last look.
 
@@ -109,7 +99,7 @@ class SqliteStore(SqlStoreBase):
             cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                tx = _SqliteWriteTx(self, cur)
+                tx = SqlWriteTx(self, cur)
                 yield tx
                 tx.bump_generations()
             except BaseException:

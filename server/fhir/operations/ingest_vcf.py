@@ -414,7 +414,7 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float, dialect: str)
         meta["lastUpdated"] = last_updated
         resource["meta"] = meta
         data = jsonio.dumps(resource)
-        content, raw = encode_content(dialect, data)
+        content, raw = encode_content(data)
         batch.keys.append((type_, resource["id"]))
         batch.json.append(data)
         batch.content.append(content)

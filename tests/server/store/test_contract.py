@@ -219,7 +219,7 @@ def test_insert_fresh_turns_numbers_into_rids(store: Store) -> None:
     store.derived = (_Lengths(),)
     _put(store, _res("before", 1, 1.0))  # rids are drawn after the existing ones
     bodies = [b'{"resourceType":"Patient","id":"n0","v":1.0E+245}', b'{"resourceType":"Observation","id":"n1"}']
-    encoded = [content.encode(store.dialect, b) for b in bodies]
+    encoded = [content.encode(b) for b in bodies]
     batch = FreshBatch(
         ts=5.0,
         method="PUT",

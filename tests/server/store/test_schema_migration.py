@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 from server.store import open_store
 from server.store.base import Store, StoredResource
 from server.store.schema import SCHEMA_VERSION, rebuilt_indexes
+from tests.conftest import postgres_url
 
 
 def _index_definition(store: Store, name: str) -> str:
@@ -44,5 +46,61 @@ def test_version_1_token_index_is_built_again(database_url: str) -> None:
         assert again.query("SELECT version FROM schema_meta") == [(SCHEMA_VERSION,)]
         sql = "SELECT rid FROM idx_token WHERE param = ? AND res_type = ? AND code = ?"
         assert len(again.query(sql, ("gender", "Patient", "female"))) == 2  # rows kept, index rebuilt
+    finally:
+        again.close()
+
+
+def test_postgresql_jsonb_content_becomes_bytea_with_what_was_served() -> None:
+    """Version 2 kept PostgreSQL content as JSONB (``raw`` holding the exact bytes where JSONB would
+    print a number differently); opening the store makes it BYTEA, serving what it served."""
+    store = open_store(postgres_url())
+    store.reset()
+    exact = b'{"resourceType":"Observation","id":"o1","valueQuantity":{"value":1.0E+245}}'
+    with store.transaction() as tx:
+        cur = tx.cur  # type: ignore[attr-defined]  # the database as version 2 left it:
+        cur.execute("ALTER TABLE history ALTER COLUMN content TYPE JSONB USING convert_from(content, 'UTF8')::jsonb")
+        cur.execute("UPDATE schema_meta SET version = 2")
+        for rid, (type_, id_, body, raw) in enumerate(
+            [
+                ("Patient", "p1", '{"resourceType": "Patient", "id": "p1", "active": true}', None),
+                ("Observation", "o1", exact.decode(), exact),
+            ],
+            start=1,
+        ):
+            cur.execute(
+                "INSERT INTO resources (rid, res_type, res_id, version, ts, deleted) VALUES (%s, %s, %s, 1, 1.0, 0)",
+                (rid, type_, id_),
+            )
+            cur.execute(
+                "INSERT INTO history (rid, res_type, res_id, version, ts, deleted, method, content, raw) "
+                "VALUES (%s, %s, %s, 1, 1.0, 0, 'PUT', %s::jsonb, %s)",
+                (rid, type_, id_, body, raw),
+            )
+    store.close()
+
+    again = open_store(postgres_url())
+    try:
+        column = (
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ? AND column_name = ?"
+        )
+        assert again.query(column, ("history", "content")) == [("bytea",)]
+        assert again.query("SELECT version FROM schema_meta") == [(SCHEMA_VERSION,)]
+        patient = again.read("Patient", "p1")
+        assert patient is not None and json.loads(patient.content or b"") == {
+            "resourceType": "Patient",
+            "id": "p1",
+            "active": True,
+        }
+        observation = again.read("Observation", "o1")
+        assert observation is not None and observation.content == exact  # the raw bytes, not JSONB's 1.0e+245
+        assert again.query("SELECT COUNT(*) FROM history WHERE raw IS NOT NULL") == [(0,)]
+        # new versions are zstd frames beside the plain rows
+        with again.transaction() as tx:
+            tx.put(
+                StoredResource("Patient", "p1", 2, 2.0, False, b'{"resourceType":"Patient","id":"p1"}', 1), "PUT", None
+            )
+        assert bytes(again.query("SELECT content FROM history WHERE version = 2")[0][0])[:4] == b"\x28\xb5\x2f\xfd"
+        assert again.read("Patient", "p1").content == b'{"resourceType":"Patient","id":"p1"}'  # type: ignore[union-attr]
     finally:
         again.close()
