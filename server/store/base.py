@@ -79,7 +79,7 @@ class FreshBatch:
     starts with the resource's number ``k`` where the table has its ``rid``:
 
     - ``keys[k]`` (type, id) and ``json[k]`` the JSON served; ``content[k]`` and ``raw[k]`` what
-      the history table's columns hold (:func:`server.store.content.encode`, per dialect);
+      the history table's columns hold (:func:`server.store.content.encode`);
     - ``index[table]``: ``(k, res_type, param, *values, grp)`` (``INDEX_TABLES`` columns);
     - ``derived[table]``: ``(k, *columns)`` of a :class:`DerivedIndex`, complete for the batch's
       resources of its types (a table left out is computed from the JSON).

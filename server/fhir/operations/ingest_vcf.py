@@ -22,7 +22,7 @@ this module stores the result. It is the bulk path for genomic data:
 - **Batches of table rows.** Resources are prepared in batches of :data:`BATCH` (the first ones
   smaller, an eighth of it doubling up to it, so that the writer starts early) as the rows the
   tables get (:class:`server.store.base.FreshBatch`: index and range rows numbered by resource,
-  the JSON encoded for the store's dialect). A batch whose resources are all new (a first
+  the JSON encoded as the history table keeps it). A batch whose resources are all new (a first
   ingestion) goes in through :meth:`server.store.base.WriteTx.insert_fresh`: one ``executemany``
   (SQLite, each row's ``rid`` computed from its number in SQL) or ``COPY`` per table, nothing
   looked at per row in the writer. Otherwise (the same file again, other options) the batch is
@@ -379,7 +379,7 @@ def count_records(path: str | os.PathLike[str]) -> int:
 # mapping and the store's writes then run on two cores (threads would share one: both are Python).
 # The worker is forked, so it starts with the parsed header, the registry and the indexer's state;
 # it sends each batch as the rows the tables get (a FreshBatch: plain tuples, cheap to pickle, the
-# JSON already encoded for the store's dialect) and never touches the store, so that the writer,
+# JSON already encoded as the history table keeps it) and never touches the store, so that the writer,
 # when the batch's resources are new, only hands the rows to the database (WriteTx.insert_fresh).
 
 _DONE = "done"
@@ -391,7 +391,7 @@ def _fresh(ts: float) -> FreshBatch:
     return FreshBatch(ts, "PUT", [], [], [], [], {table: [] for table in INDEX_TABLES}, {RANGE_TABLE: []})
 
 
-def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float, dialect: str) -> Iterator[FreshBatch]:
+def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[FreshBatch]:
     """The mapper's resources stamped as version 1 at ``ts``, in batches of table rows (FreshBatch)."""
     batch = _fresh(ts)
     size = max(BATCH // 8, 1)  # the writer waits for the first batch: small ones first, then BATCH
@@ -427,10 +427,10 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float, dialect: str)
     yield batch
 
 
-def _worker(conn: Connection, mapping: VcfMapping, indexer: Indexer, ts: float, dialect: str) -> None:
+def _worker(conn: Connection, mapping: VcfMapping, indexer: Indexer, ts: float) -> None:
     """Worker process: send every batch with the records read so far, then the mapper's report."""
     try:
-        for batch in _prepare_all(mapping, indexer, ts, dialect):
+        for batch in _prepare_all(mapping, indexer, ts):
             conn.send((_BATCH, batch, mapping.report.records))
         conn.send((_DONE, mapping.report, indexer.fast))
     except VcfError as exc:
@@ -441,17 +441,15 @@ def _worker(conn: Connection, mapping: VcfMapping, indexer: Indexer, ts: float, 
         conn.close()
 
 
-def _batches(
-    mapping: VcfMapping, indexer: Indexer, ts: float, workers: int, dialect: str
-) -> Iterator[tuple[FreshBatch, int]]:
+def _batches(mapping: VcfMapping, indexer: Indexer, ts: float, workers: int) -> Iterator[tuple[FreshBatch, int]]:
     """The prepared batches with the records read so far; mapper errors are raised here."""
     if workers <= 0:
-        for batch in _prepare_all(mapping, indexer, ts, dialect):
+        for batch in _prepare_all(mapping, indexer, ts):
             yield batch, mapping.report.records
         return
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_worker, args=(send, mapping, indexer, ts, dialect), name="vcf-map", daemon=True)
+    process = context.Process(target=_worker, args=(send, mapping, indexer, ts), name="vcf-map", daemon=True)
     process.start()
     send.close()
     try:
@@ -641,7 +639,7 @@ def _store(
         report_id: str | None = None
         last: StoredResource | None = None
         report_created = False
-        for batch, records in _batches(mapping, indexer, ts, workers, ctx.store.dialect):
+        for batch, records in _batches(mapping, indexer, ts, workers):
             if batch.keys and batch.keys[-1][0] == "DiagnosticReport":  # the mapper's last resource
                 report_id = batch.keys[-1][1]
                 _delete_orphans(tx, report_id, batch.json[-1], ts, counts)

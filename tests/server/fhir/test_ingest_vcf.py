@@ -328,7 +328,7 @@ def test_batches_start_small_and_grow_to_batch(app: Any, monkeypatch: pytest.Mon
     monkeypatch.setattr(ingest, "BATCH", 16)
     mapping = map_vcf(shared(HG00404), "p1")
     ctx = _ctx(app)
-    batches = list(ingest._prepare_all(mapping, ingest.Indexer(ctx.registry), 1.0, ctx.store.dialect))
+    batches = list(ingest._prepare_all(mapping, ingest.Indexer(ctx.registry), 1.0))
     sizes = [len(b.keys) for b in batches]
     assert sizes[:5] == [2, 4, 8, 16, 16]
     assert all(n == 16 for n in sizes[3:-1]) and 0 < sizes[-1] <= 16
