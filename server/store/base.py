@@ -78,8 +78,8 @@ class FreshBatch:
     so that the writer only hands rows to the database (:meth:`WriteTx.insert_fresh`). Every row
     starts with the resource's number ``k`` where the table has its ``rid``:
 
-    - ``keys[k]`` (type, id) and ``json[k]`` the JSON served; ``content[k]`` and ``raw[k]`` what
-      the history table's columns hold (:func:`server.store.content.encode`);
+    - ``keys[k]`` (type, id) and ``json[k]`` the JSON served; ``content[k]`` what the history
+      table's content column holds (:func:`server.store.content.compress`);
     - ``index[table]``: ``(k, res_type, param, *values, grp)`` (``INDEX_TABLES`` columns);
     - ``derived[table]``: ``(k, *columns)`` of a :class:`DerivedIndex`, complete for the batch's
       resources of its types (a table left out is computed from the JSON).
@@ -89,8 +89,7 @@ class FreshBatch:
     method: str
     keys: list[tuple[str, str]]
     json: list[bytes]
-    content: list[Any]
-    raw: list[bytes | None]
+    content: list[bytes]
     index: dict[str, list[tuple[Any, ...]]]
     derived: dict[str, list[tuple[Any, ...]]]
 

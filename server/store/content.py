@@ -21,8 +21,8 @@ PostgreSQL stores the same frames (``BYTEA``, since schema version 3; before, JS
 parsed every document on write, printed it again on read with its keys reordered, and needed a
 ``raw`` copy of the bytes where it would print a number differently): COPY of the frames is
 about 15 times cheaper than of the JSONB (37,923 variant resources: 0.09 against 1.41 s).
-:func:`encode` gives the column values, for writers that prepare rows away from the store
-(``FreshBatch``).
+The history table's ``content`` column holds :func:`compress`'s frames on both backends (its
+``raw`` column stays NULL: only PostgreSQL rows written before schema version 3 used it).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import zstandard
 
-__all__ = ["DICTIONARY", "DICT_ID", "LEVEL", "compress", "decompress", "encode"]
+__all__ = ["DICTIONARY", "DICT_ID", "LEVEL", "compress", "decompress"]
 
 #: id of the dictionary new content is compressed with (ids of earlier ones stay readable)
 DICT_ID = 1
@@ -86,9 +86,3 @@ def decompress(stored: bytes) -> bytes:
             dict_data=_dictionary(dict_id) if dict_id else None
         )
     return decompressor.decompress(stored)
-
-
-def encode(data: bytes) -> tuple[bytes, None]:
-    """The history table's (``content``, ``raw``) values for the JSON ``data``: the zstd frame,
-    and no ``raw`` (a column only PostgreSQL rows written before schema version 3 used)."""
-    return compress(data), None

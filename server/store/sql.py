@@ -46,7 +46,8 @@ _ROW_LEN = {table: 1 + len(cols) for table, cols in INDEX_TABLES.items()}
 _REINDEX_CHUNK = 500
 log = logging.getLogger(__name__)
 
-_HISTORY_COLUMNS = ("rid", "res_type", "res_id", "version", "ts", "deleted", "method", "content", "raw")
+#: the history columns written (``raw`` stays NULL: see server/store/schema.py)
+_HISTORY_COLUMNS = ("rid", "res_type", "res_id", "version", "ts", "deleted", "method", "content")
 
 
 _NO_GROUP = (None,)
@@ -424,13 +425,13 @@ class SqlWriteTx:
                 (res.type, res.id, res.version, res.ts, int(res.deleted)),
             )
             rid = cur.fetchone()[0]
-        content, raw = (None, None) if res.content is None else self._content_value(res.content)
+        stored = None if res.content is None else content.compress(res.content)
         cur.execute(
             sql(
-                "INSERT INTO history (rid, res_type, res_id, version, ts, deleted, method, content, raw) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO history (rid, res_type, res_id, version, ts, deleted, method, content) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             ),
-            (rid, res.type, res.id, res.version, res.ts, int(res.deleted), method, content, raw),
+            (rid, res.type, res.id, res.version, res.ts, int(res.deleted), method, stored),
         )
         if index is not None and not res.deleted:
             self._insert_index(rid, res.type, index)
@@ -448,10 +449,6 @@ class SqlWriteTx:
         return StoredResource(
             rid=rid, type=res.type, id=res.id, version=res.version, ts=res.ts, deleted=res.deleted, content=res.content
         )
-
-    def _content_value(self, data: bytes) -> tuple[Any, bytes | None]:
-        """(value of the content column, value of the raw column): the zstd frame (:mod:`server.store.content`)."""
-        return content.encode(data)
 
     def _insert_index(self, rid: int, type_: str, index: Any) -> None:
         for table in INDEX_TABLES:
@@ -541,8 +538,8 @@ class SqlWriteTx:
         batches: dict[str, list[tuple[Any, ...]]] = {table: [] for table in INDEX_TABLES}
         for res, method, index in items:
             rid = res.rid or assigned[(res.type, res.id)]
-            content, raw = (None, None) if res.content is None else self._content_value(res.content)
-            history.append((rid, res.type, res.id, res.version, res.ts, int(res.deleted), method, content, raw))
+            stored = None if res.content is None else content.compress(res.content)
+            history.append((rid, res.type, res.id, res.version, res.ts, int(res.deleted), method, stored))
             if index is not None and not res.deleted:
                 for table, params in batches.items():
                     rows = getattr(index, table, None)
@@ -592,8 +589,8 @@ class SqlWriteTx:
             "history",
             _HISTORY_COLUMNS,
             [
-                (k, type_, id_, 1, ts, 0, method, content, raw)
-                for k, ((type_, id_), content, raw) in enumerate(zip(batch.keys, batch.content, batch.raw, strict=True))
+                (k, type_, id_, 1, ts, 0, method, stored)
+                for k, ((type_, id_), stored) in enumerate(zip(batch.keys, batch.content, strict=True))
             ],
             rids,
         )

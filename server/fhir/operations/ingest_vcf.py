@@ -88,7 +88,7 @@ from server.fhir.resource import check_id, instant
 from server.search.extract import IndexRows, extractor_for, normalize_string, reference_target
 from server.search.registry import Registry
 from server.store.base import INDEX_TABLES, FreshBatch, StoredResource, WriteTx
-from server.store.content import encode as encode_content
+from server.store.content import compress
 from server.store.sql import index_params
 from server.workers import paused_gc
 
@@ -388,7 +388,7 @@ _BATCH = "batch"
 
 
 def _fresh(ts: float) -> FreshBatch:
-    return FreshBatch(ts, "PUT", [], [], [], [], {table: [] for table in INDEX_TABLES}, {RANGE_TABLE: []})
+    return FreshBatch(ts, "PUT", [], [], [], {table: [] for table in INDEX_TABLES}, {RANGE_TABLE: []})
 
 
 def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[FreshBatch]:
@@ -414,11 +414,10 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[F
         meta["lastUpdated"] = last_updated
         resource["meta"] = meta
         data = jsonio.dumps(resource)
-        content, raw = encode_content(data)
+        stored = compress(data)
         batch.keys.append((type_, resource["id"]))
         batch.json.append(data)
-        batch.content.append(content)
-        batch.raw.append(raw)
+        batch.content.append(stored)
         if len(batch.keys) >= size:
             yield batch
             batch = _fresh(ts)

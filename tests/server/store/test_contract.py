@@ -219,14 +219,13 @@ def test_insert_fresh_turns_numbers_into_rids(store: Store) -> None:
     store.derived = (_Lengths(),)
     _put(store, _res("before", 1, 1.0))  # rids are drawn after the existing ones
     bodies = [b'{"resourceType":"Patient","id":"n0","v":1.0E+245}', b'{"resourceType":"Observation","id":"n1"}']
-    encoded = [content.encode(b) for b in bodies]
+    encoded = [content.compress(b) for b in bodies]
     batch = FreshBatch(
         ts=5.0,
         method="PUT",
         keys=[("Patient", "n0"), ("Observation", "n1")],
         json=bodies,
-        content=[c for c, _ in encoded],
-        raw=[r for _, r in encoded],
+        content=encoded,
         index={
             "token": [
                 (0, "Patient", "identifier", "sys", "n0", None, None),
@@ -253,7 +252,7 @@ def test_insert_fresh_turns_numbers_into_rids(store: Store) -> None:
     assert [r[0] for r in lengths][-1] == rids[0] and lengths[-1][1] == len(bodies[0])
     after = store.generations(["Patient", "Observation"])
     assert all(after[t] > before.get(t, 0) for t in ("Patient", "Observation"))
-    again = FreshBatch(6.0, "PUT", [("Patient", "n0")], [bodies[0]], [encoded[0][0]], [None], {}, {})
+    again = FreshBatch(6.0, "PUT", [("Patient", "n0")], [bodies[0]], [encoded[0]], {}, {})
     with pytest.raises(Exception), store.transaction() as tx:  # noqa: B017  # it exists: a unique violation
         tx.insert_fresh(again)
     assert store.read("Patient", "n0").ts == 5.0  # type: ignore[union-attr]
