@@ -87,8 +87,8 @@ from server.fhir.report import WriteCounts
 from server.fhir.resource import check_id, instant
 from server.search.extract import IndexRows, extractor_for, normalize_string, reference_target
 from server.search.registry import Registry
+from server.store import content as stored_content
 from server.store.base import INDEX_TABLES, FreshBatch, StoredResource, WriteTx
-from server.store.content import compress
 from server.store.sql import index_params
 from server.workers import paused_gc
 
@@ -414,7 +414,7 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[F
         meta["lastUpdated"] = last_updated
         resource["meta"] = meta
         data = jsonio.dumps(resource)
-        stored = compress(data)
+        stored = stored_content.compress(data)
         batch.keys.append((type_, resource["id"]))
         batch.json.append(data)
         batch.content.append(stored)
