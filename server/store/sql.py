@@ -138,7 +138,9 @@ class SqlStoreBase:
 
     def _decode(self, stored: Any) -> bytes | None:
         """The JSON bytes of a content column value (a zstd frame, or plain JSON written before)."""
-        return None if stored is None else content.decompress(bytes(stored))
+        if stored is None:
+            return None
+        return content.decompress(stored.encode("utf-8") if isinstance(stored, str) else bytes(stored))
 
     # -- schema ---------------------------------------------------------------------------
     def _columns(self, cur: Cursor, table: str) -> set[str]:

@@ -117,3 +117,19 @@ def test_sqlite_rows_written_before_compression_are_read_beside_new_ones(sqlite_
     assert bytes(sqlite_store.query("SELECT content FROM history WHERE res_id = 'old'")[0][0]) == old
     got = {r.id: r.content for r in sqlite_store.iter_current("Patient")}
     assert got == {"old": old, "new": BODIES[0]}
+
+
+def test_store_reads_text_plain_and_compressed_content(tmp_path: Path) -> None:
+    """Whatever an older writer left in the content column reads back as the JSON bytes."""
+    store = SqliteStore(f"sqlite:///{tmp_path}/old.db")
+    try:
+        frame = content.compress(b'{"resourceType":"Patient","id":"z"}')
+        for stored, expected in (
+            ('{"resourceType":"Patient","id":"t"}', b'{"resourceType":"Patient","id":"t"}'),  # TEXT
+            (b'{"resourceType":"Patient","id":"b"}', b'{"resourceType":"Patient","id":"b"}'),  # plain BLOB
+            (frame, b'{"resourceType":"Patient","id":"z"}'),
+        ):
+            assert store._decode(stored) == expected  # type: ignore[attr-defined]
+        assert store._decode(None) is None  # type: ignore[attr-defined]
+    finally:
+        store.close()
