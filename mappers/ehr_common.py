@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +38,6 @@ __all__ = [
     "fhir_id",
     "identifier_query",
     "local_system",
-    "ordered_id",
     "transaction_bundle",
     "ucum_code",
     "update_by_id",
@@ -142,24 +140,6 @@ def fhir_id(*parts: str) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-#: characters of an order number kept in an id (the others become ``.``)
-_NOT_ID = re.compile(r"[^A-Za-z0-9.]")
-
-
-def ordered_id(order: str, *parts: str) -> str:
-    """A deterministic resource id that sorts by ``order``: ``<order>-<hash>``.
-
-    ``order`` (e.g. a lab's filler order number) is kept as far as ids allow (other characters
-    become ``.``; at most 32), then come 24 hex digits (96 bits) of the UUID v5 hash of ``order``
-    and ``parts``. Consecutive orders of a feed usually have ascending numbers, so their
-    resources' ids ascend too and the store's B-trees keyed by id (the resources', and the
-    references to them such as a report's ``result``) grow at their end instead of at a random
-    page per resource, which is what uuids cost (``bench/ehr.py``, README "Performance").
-    """
-    digest = hashlib.sha1(_NAMESPACE_BYTES + "\x1f".join((order, *parts)).encode("utf-8")).hexdigest()
-    return f"{_NOT_ID.sub('.', order)[:32] or 'x'}-{digest[:24]}"
 
 
 def _escape_search_value(value: str) -> str:

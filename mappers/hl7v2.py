@@ -60,7 +60,6 @@ from mappers.ehr_common import (
     fhir_id,
     identifier_query,
     local_system,
-    ordered_id,
     transaction_bundle,
     ucum_code,
     update_by_id,
@@ -1141,13 +1140,6 @@ class _Report:
     obx: list[tuple[Segment, list[str]]] = field(default_factory=list)
     spm: list[Segment] = field(default_factory=list)
 
-    def id_for(self, *parts: str) -> str:
-        """The id of one of the report's resources: sorting by its order number, else by the
-        message control id (``ordered_id``), so a feed's results come in ascending ids."""
-        kind, _, rest = self.key.partition("|")
-        order = rest.partition("|")[2]  # FILL|system|number, PLAC|…, msg|facility|control|set id
-        return ordered_id(order.partition("|")[0] if kind == "msg" else order, self.key, *parts)
-
 
 def _order_key(obr: Segment, orc: Segment | None, ordinal: int, ctx: _Ctx) -> tuple[str, list[dict[str, Any]]]:
     """The report's key (filler, else placer order number, else message) and its identifiers."""
@@ -1181,7 +1173,7 @@ def _specimen(report: _Report, patient: _PatientKey, ctx: _Ctx, entries: list[di
     obr = report.obr
     sources: list[tuple[str, dict[str, Any]]] = []
     for i, spm in enumerate(report.spm):
-        spec: dict[str, Any] = {"resourceType": "Specimen", "id": report.id_for("Specimen", "SPM", str(i))}
+        spec: dict[str, Any] = {"resourceType": "Specimen", "id": fhir_id("Specimen", report.key, "SPM", str(i))}
         sid = spm.raw(2)
         if sid:
             ident_value = _plain(sid.split(enc.component)[0].split(enc.subcomponent)[0], enc).strip()
@@ -1202,7 +1194,7 @@ def _specimen(report: _Report, patient: _PatientKey, ctx: _Ctx, entries: list[di
     if not sources and obr.raw(15):
         c = obr.raw(15).split(enc.component)
         cc = _codeable(c[0].replace(enc.subcomponent, enc.component), ctx) if c[0] else None
-        spec = {"resourceType": "Specimen", "id": report.id_for("Specimen", "OBR-15")}
+        spec = {"resourceType": "Specimen", "id": fhir_id("Specimen", report.key, "OBR-15")}
         if cc:
             spec["type"] = cc
         collected = _dtm(obr.get(7), "OBR-7", ctx)
@@ -1405,7 +1397,7 @@ def _report_entries(
     report.effective = _dtm(obr.get(7), "OBR-7", ctx)
     report.issued = _dtm(obr.get(22), "OBR-22", ctx, instant=True)
     specimen = _specimen(report, patient, ctx, entries)
-    identifiers = report.identifiers
+    key, identifiers = report.key, report.identifiers
     code = _codeable(obr.raw(4).split(ctx.msg.enc.repetition)[0], ctx)
     if code is None:
         raise MappingError("OBR-4", "universal service identifier is empty", "101")
@@ -1419,11 +1411,11 @@ def _report_entries(
         base = f"{c[2]}|{c[0]}|{obx.get(4)}"
         occurrence = seen.get(base, 0)
         seen[base] = occurrence + 1
-        obs_id = report.id_for("Observation", base, str(occurrence))
+        obs_id = fhir_id("Observation", key, base, str(occurrence))
         obs = _observation(obx, notes, report, obs_id, patient, encounter, specimen, ctx)
         entries.append(update_by_id(obs))
         results.append({"reference": f"Observation/{obs_id}"})
-    dr: dict[str, Any] = {"resourceType": "DiagnosticReport", "id": report.id_for("DiagnosticReport")}
+    dr: dict[str, Any] = {"resourceType": "DiagnosticReport", "id": fhir_id("DiagnosticReport", key)}
     if identifiers:
         dr["identifier"] = identifiers
     dr["status"] = _REPORT_STATUS.get(raw_status, "unknown")

@@ -498,10 +498,18 @@ class _Ids:
     """
 
     def __init__(self, patient: str, sample: str, sha256: str) -> None:
-        self._prefix = hashlib.sha1(NAMESPACE.bytes + f"{patient}\x1f{sample}\x1f{sha256}".encode()).hexdigest()[:16]
+        self._name = f"{patient}\x1f{sample}\x1f{sha256}"
+        self._prefix = hashlib.sha1(NAMESPACE.bytes + self._name.encode()).hexdigest()[:16]
 
     def __call__(self, line: int, key: str) -> str:
         return f"{self._prefix}-{line:09d}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+
+    def report(self) -> str:
+        """The DiagnosticReport's id: uuid5(``NAMESPACE``, patient, sample, sha256, "report"), as
+        every version of this mapper has made it, so that ingesting a file again after an upgrade
+        finds the report of the earlier ingestion and deletes what it listed and this one does
+        not (the variants under their earlier ids) instead of keeping both."""
+        return str(uuid.uuid5(NAMESPACE, f"{self._name}\x1freport"))
 
 
 def _reject_line(path: Path, line_no: int, line: str) -> None:
@@ -1163,7 +1171,7 @@ class VcfMapping:
             )
         resource: dict[str, Any] = {
             "resourceType": "DiagnosticReport",
-            "id": ids(0, "report"),
+            "id": ids.report(),
             "extension": [{"url": EXT_INGESTION, "extension": extension}],
             "status": "final",
             "category": [gc.concept(gc.V2_0074, "GE", "Genetics")],

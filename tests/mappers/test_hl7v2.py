@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from mappers.ehr_common import Problem, Quarantined, fhir_id, ordered_id
+from mappers.ehr_common import Problem, Quarantined, fhir_id
 from mappers.hl7v2 import (
     Encoding,
     MappedMessage,
@@ -461,12 +460,7 @@ def test_oru_epic_maps_report_observations_and_specimen() -> None:
     (specimen,) = by_type(oru, "Specimen")
     assert len(observations) == 10
     key = "FILL|urn:bigmed:id:LAB|FIL-5001"
-    # ids sort by the filler order number (ordered_id): a feed's reports come in ascending ids
-    assert report["id"] == ordered_id("FIL-5001", key, "DiagnosticReport")
-    assert report["id"].startswith("FIL.5001-")
-    assert all(o["id"].startswith("FIL.5001-") for o in observations)
-    assert specimen["id"].startswith("FIL.5001-")
-    assert len({report["id"], specimen["id"], *(o["id"] for o in observations)}) == 12
+    assert report["id"] == fhir_id("DiagnosticReport", key)
     assert report["identifier"] == [
         {"type": {"coding": [{"system": V2_0203, "code": "FILL"}]}, "system": "urn:bigmed:id:LAB", "value": "FIL-5001"},
         {
@@ -831,14 +825,3 @@ def test_mapping_speed_oru_r01_with_10_obx() -> None:
     print(f"\nORU^R01 10 OBX: map_message {map_only:.0f} msg/s, parse+map {end_to_end:.0f} msg/s (CPU time)")
     assert count == n
     assert map_only > 300  # a loose floor against regressions, far below the measured figure
-
-
-def test_ordered_ids_are_deterministic_valid_and_sort_by_their_order_number() -> None:
-    ids = [ordered_id(f"FIL{n:08d}", f"FILL|urn:lab|FIL{n:08d}", "Observation", "718-7") for n in range(50)]
-    assert ids == sorted(ids) and len(set(ids)) == 50
-    assert ids[0] == ordered_id("FIL00000000", "FILL|urn:lab|FIL00000000", "Observation", "718-7")
-    # other parts, other ids; the order number alone does not make the id
-    assert ordered_id("A1", "x") != ordered_id("A1", "y")
-    odd = ordered_id("order #7/å|" + "9" * 60, "k")
-    assert re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", odd) and odd.startswith("order..7...9")
-    assert ordered_id("", "k").startswith("x-")

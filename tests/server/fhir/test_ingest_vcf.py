@@ -12,13 +12,14 @@ import gzip
 import json
 import shutil
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mappers.vcf import map_vcf
+from mappers.vcf import NAMESPACE, map_vcf
 from server import jsonio
 from server.cli import main
 from server.fhir import crud
@@ -249,6 +250,35 @@ def test_changed_mapping_updates_in_place_and_deletes_what_is_gone(app: Any, tmp
     third = ingest.ingest_vcf(ctx, VEP, "p1", regions=bed, source_class="somatic")
     assert third.updated == 4 and third.created == 0 and third.deleted == 0
     assert _count(ctx, "SELECT COUNT(*) FROM variant_range WHERE source_class = 'somatic'") == 4
+
+
+def test_reingesting_after_the_id_format_changed_replaces_the_earlier_variants(app: Any) -> None:
+    """The report keeps its uuid5 id across versions of the mapper: a file ingested by an earlier
+    version (variants under other ids) and ingested again has its earlier variants deleted, not
+    kept beside the new ones."""
+    ctx = _ctx(app)
+    _patient(ctx)
+    mapping = map_vcf(VEP, "p1")
+    resources = list(mapping.resources())
+    report_id = str(uuid.uuid5(NAMESPACE, f"p1\x1f{mapping.sample}\x1f{mapping.sha256}\x1freport"))
+    assert resources[-1]["id"] == report_id
+    earlier = {"resourceType": "Observation", "id": "earlier-variant", "status": "final", "code": {"text": "v"}}
+    crud.update(ctx, "Observation", "earlier-variant", earlier)
+    sequence = {"resourceType": "MolecularSequence", "id": "earlier-variant", "coordinateSystem": 0}
+    crud.update(ctx, "MolecularSequence", "earlier-variant", sequence)
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": report_id,
+        "status": "final",
+        "code": {"text": "earlier"},
+        "result": [{"reference": "Observation/earlier-variant"}],
+    }
+    crud.update(ctx, "DiagnosticReport", report_id, report)
+    result = ingest.ingest_vcf(ctx, VEP, "p1")
+    assert result.deleted == 2 and result.diagnostic_report.version == 2
+    assert ctx.store.read("Observation", "earlier-variant").deleted
+    assert ctx.store.read("MolecularSequence", "earlier-variant").deleted
+    assert _current(ctx)["Observation"] == sum(1 for r in resources if r["resourceType"] == "Observation")
 
 
 def test_unknown_patient_and_bad_arguments(app: Any) -> None:
