@@ -70,7 +70,6 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
 # fhirpathpy is untyped (pyproject's mypy override covers it); used for fallbacks only.
@@ -98,6 +97,7 @@ __all__ = [
     "fhirpath_values",
     "normalize_string",
     "reference_target",
+    "reference_type",
     "root_composites",
 ]
 
@@ -222,7 +222,7 @@ def _reference_target(reference: str) -> tuple[str | None, str | None]:
 _targets = _Memo(_reference_target)
 
 
-def _reference_type(value: Any) -> str | None:
+def reference_type(value: Any) -> str | None:
     """The resource type a Reference points to: from its url, else its ``type`` element."""
     if not isinstance(value, dict):
         return None
@@ -327,8 +327,7 @@ def _reference_reference(rows: IndexRows, code: str, value: Any) -> None:
     if isinstance(ref, str) and ref and not ref.startswith("#"):
         rtype, rid = _targets[ref]
         if rtype is None:  # a urn: or other url: the type resolve() sees is the declared one
-            declared = value.get("type")
-            rtype = declared.rsplit("/", 1)[-1] if isinstance(declared, str) and declared else None
+            rtype = reference_type(value)
         rows.reference.append((code, rtype, rid, ref))
     _reference_identifier(rows, code, value)
 
@@ -881,7 +880,7 @@ def _filter(f: Fn, pred: Callable[[Any], bool]) -> Fn:
 
 def _resolved_types(f: Fn) -> Fn:
     def resolve(x: Any) -> list[Any]:
-        return [t for t in map(_reference_type, f(x)) if t is not None]
+        return [t for t in map(reference_type, f(x)) if t is not None]
 
     return resolve
 
@@ -1123,7 +1122,7 @@ class _Compiler:
         known: dict[str, bool] = {}
 
         def resolves(item: Any) -> bool:
-            rtype = _reference_type(item)
+            rtype = reference_type(item)
             if rtype is None:
                 return False
             found = known.get(rtype)
@@ -1257,7 +1256,7 @@ def _fp_resolve(inputs: list[Any]) -> list[Any]:
     """fhirpathpy has no resolve(): a stand-in resource of the referenced type, enough for ``is``."""
     out = []
     for ref in inputs:
-        rtype = _reference_type(ref)
+        rtype = reference_type(ref)
         if rtype is not None:
             out.append(ResourceNode.create_node({"resourceType": rtype}))
     return out
@@ -1516,11 +1515,6 @@ def _compile_composite(
 # --------------------------------------------------------------------------------------------
 # Composites on the resource itself, searched through their components' own parameters
 
-#: registry -> resource type -> composite code -> the parameters of its components, in order
-_root_composites: weakref.WeakKeyDictionary[Registry, dict[str, Mapping[str, tuple[SearchParam, ...]]]] = (
-    weakref.WeakKeyDictionary()
-)
-
 
 def _values_signature(types: TypeModel, param_type: str, expression: str, resource_type: str) -> frozenset[Any]:
     """What ``expression`` indexes on a ``resource_type`` for a ``param_type`` parameter, as the
@@ -1553,13 +1547,7 @@ def root_composites(registry: Registry, resource_type: str) -> Mapping[str, tupl
     ``value-quantity=B`` (:mod:`server.search.query`). Reference components are not considered
     (a reference row's meaning depends on how the reference was written).
     """
-    per_type = _root_composites.get(registry)
-    if per_type is None:
-        per_type = _root_composites.setdefault(registry, {})
-    found = per_type.get(resource_type)
-    if found is None:
-        found = per_type[resource_type] = MappingProxyType(_find_root_composites(registry, resource_type))
-    return found
+    return registry.derived(_find_root_composites, resource_type)
 
 
 def composite_sources(registry: Registry, param: SearchParam) -> tuple[SearchParam, ...]:

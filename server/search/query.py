@@ -471,6 +471,11 @@ def _scope_sql(column: str, types: Sequence[str] | None) -> tuple[str, list[Any]
     return f" AND {column} IN ({', '.join('?' for _ in types)})", list(types)
 
 
+def _joined(parts: Sequence[Clause], joiner: str) -> Clause:
+    """``parts`` joined by `` AND `` or `` OR `` into one parenthesised clause."""
+    return Clause("(" + joiner.join(c.sql for c in parts) + ")", [x for c in parts for x in c.params])
+
+
 class _Unsupported(Exception):
     """This parameter is unknown or unsupported here (reported, or a 400 in strict mode)."""
 
@@ -646,7 +651,7 @@ class _Parser:
         parts = [self.one_param(a, types, source, modifier, raw) for source in sources]
         negated = modifier == "not" or (modifier == "missing" and raw.lower() == "true")
         joiner = " AND " if negated else " OR "
-        return Clause("(" + joiner.join(c.sql for c in parts) + ")", [x for c in parts for x in c.params])
+        return _joined(parts, joiner)
 
     def root_composite_clause(
         self,
@@ -660,12 +665,9 @@ class _Parser:
         """A composite on the resource itself (``code-value-quantity``; ``extract.root_composites``)
         has no rows of its own: the resource is its one item, so ``A$B`` matches when ``code``
         matches A and ``value-quantity`` matches B, and it has a value when each of them has one."""
-        if modifier == "missing":
-            if raw.lower() not in ("true", "false"):
-                raise BadRequest(f"':missing' takes true or false, not '{raw}'")
+        if modifier == "missing":  # each part checks the value
             found = [self.one_param(a, types, part, modifier, raw) for part in parts]
-            joiner = " OR " if raw.lower() == "true" else " AND "
-            return Clause("(" + joiner.join(c.sql for c in found) + ")", [x for c in found for x in c.params])
+            return _joined(found, " OR " if raw.lower() == "true" else " AND ")
         ors: list[Clause] = []
         for value in _split_or(raw):
             values = _split_escaped(value, "$")
@@ -678,10 +680,8 @@ class _Parser:
                 ands = [self.one_param(a, types, part, None, v) for part, v in zip(parts, values, strict=True)]
             except BadRequest as exc:
                 raise BadRequest(f"Invalid value for search parameter '{sp.code}' ('{value}'): {exc.message}") from exc
-            ors.append(Clause("(" + " AND ".join(c.sql for c in ands) + ")", [x for c in ands for x in c.params]))
-        if not ors:
-            return Clause("1 = 1", [])
-        return Clause("(" + " OR ".join(c.sql for c in ors) + ")", [x for c in ors for x in c.params])
+            ors.append(_joined(ands, " AND "))
+        return _joined(ors, " OR ") if ors else Clause("1 = 1", [])
 
     def reference_rows(
         self, types: Sequence[str] | None, sp: SearchParam, prefix: str = ""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -102,17 +102,22 @@ _NARROWED = re.compile(r"^(.+)\.where\(\s*resolve\(\)\s+is\s+([A-Za-z]+)\s*\)$")
 
 
 def _strip_parens(branch: str) -> str:
-    """A branch without the parentheses around all of it (``(Observation.subject)`` -> ``Observation.subject``)."""
+    """A branch without the parentheses around all of it (``(Observation.subject)`` -> ``Observation.subject``;
+    ``(a).b`` and ``(a) | (b)`` stay as they are)."""
     text = branch.strip()
-    while text.startswith("(") and text.endswith(")") and split_union(text[1:-1]) == [text[1:-1].strip()]:
-        inner, depth = text[1:-1], 0
-        for ch in inner:  # the outer pair must enclose everything, not "(a) | (b)" style
-            depth += ch == "("
-            depth -= ch == ")"
-            if depth < 0:
-                return text
-        text = inner.strip()
+    while text.startswith("(") and _closing(text) == len(text) - 1:
+        text = text[1:-1].strip()
     return text
+
+
+def _closing(text: str) -> int:
+    """Index of the parenthesis closing the one ``text`` starts with (-1: none)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0:
+            return i
+    return -1
 
 
 def split_union(expression: str) -> list[str]:
@@ -313,8 +318,7 @@ class Registry:
         self._by_type: Mapping[str, Mapping[str, SearchParam]] = {
             rt: MappingProxyType(params) for rt, params in by_type.items()
         }
-        self._unions: dict[str, Mapping[str, tuple[SearchParam, ...]]] = {}
-        self._narrowings: dict[str, Mapping[str, tuple[SearchParam, str]]] = {}
+        self._derived: dict[tuple[Callable[..., Any], str], Mapping[str, Any]] = {}
 
     @classmethod
     def load(cls, extra_paths: Iterable[str | Path] | None = None) -> Registry:
@@ -357,9 +361,15 @@ class Registry:
         theirs (:mod:`server.search.query`). In R4 these are the six ``combo-*`` parameters of
         Observation (a fifth of the index rows of the Synthea sample).
         """
-        found = self._unions.get(resource_type)
+        return self.derived(Registry._find_unions, resource_type)
+
+    def derived(self, find: Callable[[Registry, str], Mapping[str, Any]], resource_type: str) -> Mapping[str, Any]:
+        """``find(self, resource_type)``, computed once per registry and type (the definitions do
+        not change): :meth:`unions`, :meth:`narrowings`, ``extract.root_composites``."""
+        key = (find, resource_type)
+        found = self._derived.get(key)
         if found is None:
-            found = self._unions[resource_type] = MappingProxyType(self._find_unions(resource_type))
+            found = self._derived[key] = MappingProxyType(dict(find(self, resource_type)))
         return found
 
     def _find_unions(self, resource_type: str) -> dict[str, tuple[SearchParam, ...]]:
@@ -404,10 +414,7 @@ class Registry:
         source's rows of that type (:mod:`server.search.query`). The token rows of a reference
         given by identifier only are still written under the parameter itself (``:identifier``).
         """
-        found = self._narrowings.get(resource_type)
-        if found is None:
-            found = self._narrowings[resource_type] = MappingProxyType(self._find_narrowings(resource_type))
-        return found
+        return self.derived(Registry._find_narrowings, resource_type)
 
     def narrowing(self, resource_type: str, code: str) -> tuple[SearchParam, str] | None:
         """``narrowings(resource_type)[code]``, or None."""

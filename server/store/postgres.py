@@ -10,6 +10,7 @@ Schema creation at start-up is serialised the same way, so several workers may s
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -22,6 +23,8 @@ from server.store.base import ConflictRetry
 from server.store.sql import Cursor, SqlStoreBase, SqlWriteTx
 
 __all__ = ["PostgresStore"]
+
+log = logging.getLogger(__name__)
 
 _MIGRATION_LOCK = 0x6269676D6564  # "bigmed"
 
@@ -85,6 +88,27 @@ class PostgresStore(SqlStoreBase):
 
     def _sql(self, sql: str) -> str:
         return _pg_sql(sql)
+
+    def _migrate(self, cur: Cursor) -> None:
+        super()._migrate(cur)
+        self._content_to_bytea(cur)
+
+    def _content_to_bytea(self, cur: Cursor) -> None:
+        """PostgreSQL databases before schema version 3 kept ``history.content`` as JSONB: make it
+        ``BYTEA`` holding what was served (the exact ``raw`` bytes where there were some, else the
+        JSONB's text), read as plain JSON beside the zstd frames written from now on."""
+        cur.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'history' AND column_name = 'content'"
+        )
+        row = cur.fetchone()
+        if row is not None and row[0] == "jsonb":
+            log.warning("history.content: JSONB -> BYTEA (schema version 3), once; a large database takes a while")
+            cur.execute(
+                "ALTER TABLE history ALTER COLUMN content TYPE BYTEA "
+                "USING COALESCE(raw, convert_to(content::text, 'UTF8'))"
+            )
+            cur.execute("UPDATE history SET raw = NULL WHERE raw IS NOT NULL")
 
     @contextmanager
     def _reader(self) -> Iterator[Cursor]:

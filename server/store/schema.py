@@ -102,7 +102,7 @@ SCHEMA_VERSION = 3
 #: Indexes whose definition changed in a schema version: migrating a database from an older
 #: version drops them before the indexes are created (``CREATE INDEX IF NOT EXISTS`` keeps an
 #: index of that name as it is). 2: ``idx_token_value`` puts ``rid`` before ``system``. (3 changed
-#: no index: PostgreSQL's ``history.content`` became BYTEA, see ``SqlStoreBase._content_to_bytea``.)
+#: no index: PostgreSQL's ``history.content`` became BYTEA, see ``PostgresStore._content_to_bytea``.)
 REBUILT_INDEXES: dict[int, tuple[str, ...]] = {2: ("idx_token_value",)}
 
 _TYPES = {

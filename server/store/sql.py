@@ -7,7 +7,6 @@ SQL is written with ``?`` placeholders; the PostgreSQL store rewrites them to ``
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -44,8 +43,6 @@ INDEX_COLUMNS = {table: ("rid", "res_type", "param", *cols, "grp") for table, co
 #: Length of an ordinary row tuple (param + value columns); a composite row has ``grp`` after them.
 _ROW_LEN = {table: 1 + len(cols) for table, cols in INDEX_TABLES.items()}
 _REINDEX_CHUNK = 500
-log = logging.getLogger(__name__)
-
 #: the history columns written (``raw`` stays NULL: see server/store/schema.py)
 _HISTORY_COLUMNS = ("rid", "res_type", "res_id", "version", "ts", "deleted", "method", "content")
 
@@ -164,8 +161,6 @@ class SqlStoreBase:
         for table, column, sql_type in ADDED_COLUMNS:
             if column not in self._columns(cur, table):
                 cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
-        if self.dialect == "postgresql":
-            self._content_to_bytea(cur)
         cur.execute("SELECT version FROM schema_meta")
         row = cur.fetchone()
         if row is not None and row[0] > SCHEMA_VERSION:
@@ -187,23 +182,6 @@ class SqlStoreBase:
             self._sql("INSERT INTO type_gen (res_type, gen) VALUES (?, ?) ON CONFLICT (res_type) DO NOTHING"),
             (STORE_ID_KEY, secrets.randbits(62)),
         )
-
-    def _content_to_bytea(self, cur: Cursor) -> None:
-        """PostgreSQL databases before schema version 3 kept ``history.content`` as JSONB: make it
-        ``BYTEA`` holding what was served (the exact ``raw`` bytes where there were some, else the
-        JSONB's text), read as plain JSON beside the zstd frames written from now on."""
-        cur.execute(
-            "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = 'history' AND column_name = 'content'"
-        )
-        row = cur.fetchone()
-        if row is not None and row[0] == "jsonb":
-            log.warning("history.content: JSONB -> BYTEA (schema version 3), once; a large database takes a while")
-            cur.execute(
-                "ALTER TABLE history ALTER COLUMN content TYPE BYTEA "
-                "USING COALESCE(raw, convert_to(content::text, 'UTF8'))"
-            )
-            cur.execute("UPDATE history SET raw = NULL WHERE raw IS NOT NULL")
 
     # -- reads ----------------------------------------------------------------------------
     def _select_current(self, where: str) -> str:

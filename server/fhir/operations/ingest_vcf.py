@@ -85,7 +85,7 @@ from server.fhir.operations.variant_ranges import TABLE as RANGE_TABLE
 from server.fhir.operations.variant_ranges import ranges_of
 from server.fhir.report import WriteCounts
 from server.fhir.resource import check_id, instant
-from server.search.extract import IndexRows, extractor_for, normalize_string, reference_target
+from server.search.extract import IndexRows, extractor_for, normalize_string, reference_target, reference_type
 from server.search.registry import Registry
 from server.store import content as stored_content
 from server.store.base import INDEX_TABLES, FreshBatch, StoredResource, WriteTx
@@ -188,9 +188,8 @@ def _reference_rows(rows: IndexRows, code: str, value: Any) -> None:
             if len(_TARGETS) < 4096:  # the subjects of an ingestion recur; derived-from targets do not
                 _TARGETS[ref] = target
         target_type, target_id = target
-        if target_type is None:
-            declared = _str(value.get("type"))
-            target_type = declared.rsplit("/", 1)[-1] if declared else None
+        if target_type is None:  # a urn: reference: the declared type, as resolve() sees it
+            target_type = reference_type(value)
         rows.reference.append((code, target_type, target_id, ref))
     _identifier_rows(rows, code, value)
 
@@ -238,10 +237,7 @@ def _observation_rows(resource: dict[str, Any]) -> IndexRows:
     if subject is not None:
         _references(rows, "subject", subject)
         for item in subject if subject.__class__ is list else (subject,):
-            ref = _str(item.get("reference")) if item.__class__ is dict else None
-            declared = _str(item.get("type")) if item.__class__ is dict else None
-            target = reference_target(ref)[0] if ref and ref[0] != "#" else None
-            if (target or (declared.rsplit("/", 1)[-1] if declared else None)) == "Patient":
+            if item.__class__ is dict and reference_type(item) == "Patient":
                 # patient is subject narrowed to Patient: only its identifier rows are its own
                 _identifier_rows(rows, "patient", item)
     for key, code in (("derivedFrom", "derived-from"), ("focus", "focus")):
