@@ -92,14 +92,23 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from cyvcf2 import VCF
 
 from mappers import genomics_codes as gc
 from mappers.vcf_annotations import Annotation, AnnotationReader, PopulationFrequencies
 
-__all__ = ["EXT_INGESTION", "NAMESPACE", "VcfError", "VcfMapping", "VcfReport", "map_vcf", "read_bed"]
+__all__ = [
+    "EXT_INGESTION",
+    "NAMESPACE",
+    "VariantFacts",
+    "VcfError",
+    "VcfMapping",
+    "VcfReport",
+    "map_vcf",
+    "read_bed",
+]
 
 #: the namespace hashed into every id this mapper derives (a uuid, for its 16 bytes)
 NAMESPACE = uuid.UUID("6f0c5b8e-3d1a-5c55-9a57-4b1e0f2f7a11")
@@ -743,6 +752,28 @@ class _Constants:
         return resource
 
 
+class VariantFacts(NamedTuple):
+    """What the mapper put into a variant Observation and its MolecularSequence, as it knew it.
+
+    :meth:`VcfMapping.items` gives it beside both resources of a sequence variant (not beside
+    structural variants, whose interval comes from CIPOS/CIEND), so that a store indexing them
+    need not find these values again by walking the resources' components. The values are the
+    resources' own: the concepts are the very dicts the resources hold.
+    """
+
+    subject: str  #: ``Patient/<id>`` (Observation.subject, MolecularSequence.patient)
+    sequence: str  #: ``MolecularSequence/<id>`` (the Observation's ``derivedFrom``)
+    chromosome: dict[str, Any]  #: the genomic ref seq (48013-7) component's valueCodeableConcept
+    accession: dict[str, Any]  #: MolecularSequence.referenceSeq.referenceSeqId
+    gene: dict[str, Any] | None  #: the gene studied (48018-6) component's valueCodeableConcept
+    ref_seq: str  #: the RefSeq ``NC_`` accession
+    start: int  #: 0-based start of the exact start-end (81254-5) interval
+    end: int  #: its exclusive end
+    ref: str  #: the ref allele component's value
+    alt: str  #: the alt allele component's value
+    source_class: str  #: ``germline`` or ``somatic``
+
+
 # -- the mapping -------------------------------------------------------------------------------
 class VcfMapping:
     """One sample of one VCF, ready to stream as FHIR resources (see the module docstring)."""
@@ -784,12 +815,18 @@ class VcfMapping:
 
     # The per-record loop is deliberately one long function with local aliases: it runs once per
     # VCF line and its cost is the mapper's throughput.
-    def resources(self) -> Iterator[dict[str, Any]]:  # one loop over the spec's cases
+    def resources(self) -> Iterator[dict[str, Any]]:
         """FHIR resource dicts in write order; the DiagnosticReport comes last.
 
         Each call reads the file again and starts a fresh :attr:`report`. Raises :class:`VcfError`
         on a broken record (the resources yielded before it must then be discarded).
         """
+        for resource, _ in self.items():
+            yield resource
+
+    def items(self) -> Iterator[tuple[dict[str, Any], VariantFacts | None]]:  # one loop over the spec's cases
+        """:meth:`resources`, each with the :class:`VariantFacts` of a sequence variant's
+        MolecularSequence and Observation (None beside every other resource)."""
         self.report = report = self._new_report()
         path, header = self.path, self._header
         skipped = report.skipped
@@ -808,15 +845,16 @@ class VcfMapping:
         k = _Constants(self.build, self.source_class)
         mt_accession = self._mt_accession()
         table = gc.refseq_chromosomes()[self.build]
-        chromosomes: dict[str, tuple[str, dict[str, Any], dict[str, Any]] | None] = {}
+        chromosomes: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]] | None] = {}
 
-        def chromosome_of(contig: str) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+        def chromosome_of(contig: str) -> tuple[str, str, dict[str, Any], dict[str, Any]] | None:
             name = gc.chromosome_name(contig)
             found = None
             if name is not None:
                 accession = mt_accession if name == "MT" else table[name].accession
                 found = (
                     name,
+                    accession,
                     gc.component(gc.GENOMIC_REF_SEQ, "valueCodeableConcept", gc.concept(gc.REFSEQ, accession)),
                     gc.concept(gc.NUCCORE, accession),
                 )
@@ -919,7 +957,7 @@ class VcfMapping:
                 if place is None:
                     skipped["unsupported_contig"] += 1
                     continue
-                chromosome, refseq_component, accession_concept = place
+                chromosome, accession, refseq_component, accession_concept = place
                 if chromosome != phase_chromosome:
                     phase_sets.clear()
                     phase_chromosome = chromosome
@@ -992,8 +1030,11 @@ class VcfMapping:
                     if annotated and info is not None:
                         annotation = annotations.annotate(info, ref, alts, allele)
                     components: list[dict[str, Any]] = []
+                    gene = None
                     if annotation is not None and annotation.gene:
-                        components.append(k.gene_component(annotation.gene, annotation.hgnc_id))
+                        gene_component = k.gene_component(annotation.gene, annotation.hgnc_id)
+                        components.append(gene_component)
+                        gene = gene_component["valueCodeableConcept"]
                     components.append(refseq_component)
                     components.append(assembly_component)
                     components.append(coordinate_component)
@@ -1070,9 +1111,24 @@ class VcfMapping:
                     }
                     if depth is not None:
                         sequence["readCoverage"] = depth
+                    facts = None
                     if structure is not None:
                         sequence["structureVariant"] = [structure]
-                    yield sequence
+                    else:
+                        facts = VariantFacts(
+                            subject_ref,
+                            "MolecularSequence/" + oid,
+                            refseq_component["valueCodeableConcept"],
+                            accession_concept,
+                            gene,
+                            accession,
+                            start,
+                            end,
+                            ref,
+                            alt,
+                            self.source_class,
+                        )
+                    yield sequence, facts
                     observation: dict[str, Any] = {
                         "resourceType": "Observation",
                         "id": oid,
@@ -1087,14 +1143,14 @@ class VcfMapping:
                     }
                     if allele_notes:
                         observation["note"] = list(allele_notes)
-                    yield observation
+                    yield observation, facts
                     variants += 1
                     observations.append(observation_ref)
                     if annotation is not None and annotation.consequences:
                         consequence = k.consequence(
                             ids(line_no, key + ":consequence"), subject_ref, observation_ref, annotation
                         )
-                        yield consequence
+                        yield consequence, None
                         counts["molecular-consequence"] += 1
                         observations.append("Observation/" + consequence["id"])
                     if info is not None and header.clinvar and len(alts) == 1:
@@ -1102,7 +1158,7 @@ class VcfMapping:
                             ids(line_no, key + ":implication"), subject_ref, observation_ref, info
                         )
                         if implication is not None:
-                            yield implication
+                            yield implication, None
                             counts["diagnostic-implication"] += 1
                             observations.append("Observation/" + implication["id"])
                     if phased and alleles.count(allele) == 1:
@@ -1120,7 +1176,7 @@ class VcfMapping:
                                 observation_ref,
                                 cis=previous[1] == haplotype,
                             )
-                            yield relation
+                            yield relation, None
                             counts["sequence-phase-relationship"] += 1
                             observations.append("Observation/" + relation["id"])
             try:
@@ -1143,7 +1199,7 @@ class VcfMapping:
                 counts["variant"] += variants
         report.complete = True
         counts["DiagnosticReport"] += 1
-        yield self._diagnostic_report(ids, subject_ref, observations)
+        yield self._diagnostic_report(ids, subject_ref, observations), None
 
     def _mt_accession(self) -> str:
         """rCRS (NC_012920.1), unless the header's chrM is UCSC hg19's 16,571-base NC_001807.4."""

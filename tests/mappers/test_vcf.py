@@ -893,6 +893,53 @@ def test_top_level_parts_are_not_shared_between_resources() -> None:
     assert len(observations[1]["derivedFrom"]) == 1
 
 
+@pytest.mark.parametrize(
+    ("path", "kwargs"),
+    [
+        (VCF2FHIR / "vcf_structural_variants.vcf", {}),
+        (CYVCF2 / "test.snpeff.vcf", {"sample": "1094PC0012"}),
+        (HERE.parent / "data" / "vcf" / "vep_clinvar_grch37.vcf", {"source_class": "somatic"}),
+    ],
+)
+def test_variant_facts_are_the_resources_own_values(path: Path, kwargs: dict[str, Any]) -> None:
+    """items(): a sequence variant's MolecularSequence and Observation come with the same facts,
+    equal to (the concepts: identical with) what the resources hold; every other resource, and a
+    structural variant, with None."""
+    items = list(map_vcf(shared(path), "pat-1", **kwargs).items())
+    assert [r for r, _ in items] == list(map_vcf(path, "pat-1", **kwargs).resources())
+    with_facts = 0
+    for n, (resource, facts) in enumerate(items):
+        sequence = resource if resource["resourceType"] == "MolecularSequence" else items[n - 1][0]
+        expected = sequence["resourceType"] == "MolecularSequence" and "structureVariant" not in sequence
+        if resource["resourceType"] == "Observation":
+            expected = expected and resource["code"]["coding"][0]["code"] == gc.VARIANT_ASSESSMENT
+        assert (facts is not None) == expected, resource["id"]
+        if facts is None:
+            continue
+        if resource["resourceType"] == "MolecularSequence":
+            assert items[n + 1][1] is facts  # the variant Observation that follows shares them
+            assert resource["patient"] == {"reference": facts.subject}
+            assert resource["referenceSeq"]["referenceSeqId"] is facts.accession
+            variant = resource["variant"][0]
+            assert (variant["start"], variant["end"]) == (facts.start, facts.end)
+            assert (variant["referenceAllele"], variant["observedAllele"]) == (facts.ref, facts.alt)
+            continue
+        with_facts += 1
+        assert resource["subject"] == {"reference": facts.subject}
+        assert resource["derivedFrom"] == [{"reference": facts.sequence}]
+        assert facts.sequence == "MolecularSequence/" + resource["id"]
+        by_code = {c["code"]["coding"][0]["code"]: c for c in resource["component"]}
+        assert by_code["48013-7"]["valueCodeableConcept"] is facts.chromosome
+        assert facts.chromosome["coding"][0]["code"] == facts.ref_seq
+        gene = by_code.get("48018-6")
+        assert (gene["valueCodeableConcept"] if gene else None) is facts.gene
+        exact = by_code["81254-5"]["valueRange"]
+        assert (exact["low"]["value"], exact["high"]["value"]) == (facts.start, facts.end)
+        assert (by_code["69547-8"]["valueString"], by_code["69551-0"]["valueString"]) == (facts.ref, facts.alt)
+        assert facts.source_class == kwargs.get("source_class", "germline")
+    assert with_facts > 0
+
+
 def test_modules_state_what_they_own() -> None:
     import mappers.genomics_codes
     import mappers.vcf

@@ -330,23 +330,28 @@ def test_search_by_gene_and_chromosome(app: Any) -> None:
 
 @pytest.mark.parametrize("path", [VEP, PHASED, NB6, EXAMPLE3, STRUCTURAL, HG00404])
 def test_fast_index_rows_equal_the_search_registrys(app: Any, path: Path) -> None:
-    """The ingestion's fast rows are exactly what the registry's extractor gives for the lean parameters."""
+    """The ingestion's fast rows are exactly what the registry's extractor gives for the lean parameters,
+    and its range rows what ranges_of reads, whether made of the mapper's facts or of the resource."""
     ctx = _ctx(app)
     indexer = ingest.Indexer(ctx.registry)
     lean = ingest.ingest_registry(ctx.registry)
     kinds: Counter[str] = Counter()
-    for resource in map_vcf(shared(path), "p1").resources():
+    for resource, facts in map_vcf(shared(path), "p1").items():
         type_ = resource["resourceType"]
-        rows = indexer(resource)
         expected = extractor_for(type_, lean if type_ in ingest.INDEXED else ctx.registry)(resource)
-        for table in ("token", "string", "reference", "date", "number", "quantity", "uri"):
-            assert sorted(map(repr, getattr(rows, table))) == sorted(map(repr, getattr(expected, table))), (
-                type_,
-                table,
-                resource["id"],
-            )
+        for rows in (indexer(resource, facts), indexer(resource)):
+            for table in ("token", "string", "reference", "date", "number", "quantity", "uri"):
+                assert sorted(map(repr, getattr(rows, table))) == sorted(map(repr, getattr(expected, table))), (
+                    type_,
+                    table,
+                    resource["id"],
+                )
+        if type_ == "Observation":
+            assert indexer.ranges(resource, facts) == ranges_of(resource), resource["id"]
         kinds[type_] += 1
-    assert indexer.fast
+        kinds["facts"] += facts is not None
+    assert indexer.fast and indexer.facts
+    assert kinds["facts"] > 0 or path == STRUCTURAL
     assert set(ingest.INDEXED) <= set(kinds)
     # every parameter of INDEXED is defined by the registry (a rename would silently drop rows)
     for type_, codes in ingest.INDEXED.items():
@@ -392,6 +397,39 @@ def test_fast_index_falls_back_when_a_parameter_changes(app: Any, caplog: pytest
     assert not indexer.fast
     assert "differ from the search registry" in caplog.text
     assert ("gene", None, "CYP2C19", None) not in rows.token
+
+
+def test_facts_fall_back_to_the_resource_when_they_differ(app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Facts that do not match their resources (a mapper changed one and not the other) are noticed
+    on the first variant: that ingestion reads its rows from the resources instead."""
+    ctx = _ctx(app)
+    items = [(r, f) for r, f in map_vcf(VEP, "p1").items() if f is not None]
+    sequence, facts = items[0]
+    variant = items[1][0]
+    moved = facts._replace(start=facts.start + 1)
+    indexer = ingest.Indexer(ctx.registry)
+    assert indexer.ranges(variant, moved) == ranges_of(variant)
+    assert not indexer.facts and "range rows made of the VCF mapper's facts" in caplog.text
+    # once off, the facts are not read at all
+    assert indexer.ranges(variant, moved) == ranges_of(variant)
+    assert indexer(variant, moved._replace(chromosome={"text": "x"})).token == indexer(variant).token
+    # index rows: another chromosome concept than the resource's
+    caplog.clear()
+    indexer = ingest.Indexer(ctx.registry)
+    wrong = facts._replace(chromosome={"coding": [{"system": "http://www.ncbi.nlm.nih.gov/refseq", "code": "NC_0"}]})
+    rows = indexer(variant, wrong)
+    assert not indexer.facts and "index rows made of the VCF mapper's facts" in caplog.text
+    assert ("chromosome", "http://www.ncbi.nlm.nih.gov/refseq", "NC_0", None) not in rows.token
+    assert sorted(rows.token, key=repr) == sorted(ingest.Indexer(ctx.registry)(variant).token, key=repr)
+    # and the rows of a checked kind come from the facts (cached concept rows, nothing walked)
+    indexer = ingest.Indexer(ctx.registry)
+    indexer(sequence, facts)
+    indexer(variant, facts)
+    assert indexer.facts
+    other = items[3][0]
+    assert ("derived-from", "MolecularSequence", other["id"], f"MolecularSequence/{other['id']}") in indexer(
+        other, items[3][1]
+    ).reference
 
 
 def test_range_index_follows_rest_writes(app: Any) -> None:
