@@ -537,6 +537,7 @@ def _batches(mapping: VcfMapping, indexer: Indexer, ts: float, workers: int) -> 
             try:
                 message = receive.recv()
             except EOFError:
+                process.join(timeout=5)  # reaped, so that its exit code is known
                 raise RuntimeError(
                     f"the VCF mapping process ended unexpectedly (exit code {process.exitcode})"
                 ) from None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
+import os
 import shutil
 import time
 import uuid
@@ -397,6 +399,46 @@ def test_fast_index_falls_back_when_a_parameter_changes(app: Any, caplog: pytest
     assert not indexer.fast
     assert "differ from the search registry" in caplog.text
     assert ("gene", None, "CYP2C19", None) not in rows.token
+
+
+def test_mapping_process_ends_unexpectedly(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mapping process that dies says so (with its exit code); nothing is written."""
+    ctx = _ctx(app)
+    _patient(ctx)
+
+    def dies(*args: Any) -> None:
+        os._exit(3)
+
+    monkeypatch.setattr(ingest, "_worker", dies)
+    before = _current(ctx)
+    with pytest.raises(RuntimeError, match=r"ended unexpectedly \(exit code 3\)"):
+        ingest.ingest_vcf(ctx, VEP, "p1", workers=1)
+    assert _current(ctx) == before and multiprocessing.active_children() == []
+
+
+def test_writer_failing_stops_the_mapping_process(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer failing half-way (the mapping process still mapping) rolls everything back and
+    ends the mapping process; the next ingestion goes through."""
+    ctx = _ctx(app)
+    _patient(ctx)
+    monkeypatch.setattr(ingest, "BATCH", 2)  # many batches: the receiver is ahead when the writer fails
+    real = ingest._write_batch
+    calls: list[int] = []
+
+    def fails_third(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(ingest, "_write_batch", fails_third)
+    before = _current(ctx)
+    with pytest.raises(OSError, match="disk full"):
+        ingest.ingest_vcf(ctx, VEP, "p1", workers=1)
+    assert _current(ctx) == before and multiprocessing.active_children() == []
+    monkeypatch.setattr(ingest, "_write_batch", real)
+    result = ingest.ingest_vcf(ctx, VEP, "p1", workers=1)  # and the next one goes through
+    assert result.created == sum(result.by_type.values()) > 0
 
 
 def test_facts_fall_back_to_the_resource_when_they_differ(app: Any, caplog: pytest.LogCaptureFixture) -> None:
