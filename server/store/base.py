@@ -122,8 +122,15 @@ class WriteTx(Protocol):
     def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
         """:meth:`current` of many (type, id) at once; absent ones are left out (bulk load)."""
 
-    def put_many(self, items: Sequence[tuple[StoredResource, str, Any]]) -> list[StoredResource]:
-        """:meth:`put` for many (resource, method, index) at once, each (type, id) at most once (bulk load)."""
+    def put_many(
+        self, items: Sequence[tuple[StoredResource, str, Any]], compressed: Sequence[bytes | None] | None = None
+    ) -> list[StoredResource]:
+        """:meth:`put` for many (resource, method, index) at once, each (type, id) at most once (bulk load).
+
+        ``compressed[k]``, when given and not None, is ``items[k]``'s content as the history table
+        keeps it (:func:`server.store.content.compress`), made where there was a core to spare (the
+        EHR ingestion's worker processes); otherwise the content is compressed here.
+        """
 
     def insert_fresh(self, batch: FreshBatch) -> Sequence[int]:
         """Write a batch of resources that do not exist yet (the caller checked), with their rows.

@@ -481,7 +481,9 @@ class SqlWriteTx:
             done += len(kept)
         return done
 
-    def put_many(self, items: Sequence[tuple[StoredResource, str, Any]]) -> list[StoredResource]:
+    def put_many(
+        self, items: Sequence[tuple[StoredResource, str, Any]], compressed: Sequence[bytes | None] | None = None
+    ) -> list[StoredResource]:
         """:meth:`put` for many resources at once (the bulk loader): one bulk insert per table.
 
         Each (type, id) appears at most once in ``items``; ``rid`` 0 means a new resource.
@@ -516,9 +518,11 @@ class SqlWriteTx:
         out: list[StoredResource] = []
         history: list[tuple[Any, ...]] = []
         batches: dict[str, list[tuple[Any, ...]]] = {table: [] for table in INDEX_TABLES}
-        for res, method, index in items:
+        for k, (res, method, index) in enumerate(items):
             rid = res.rid or assigned[(res.type, res.id)]
-            stored = None if res.content is None else content.compress(res.content)
+            stored = compressed[k] if compressed is not None else None
+            if stored is None and res.content is not None:
+                stored = content.compress(res.content)
             history.append((rid, res.type, res.id, res.version, res.ts, int(res.deleted), method, stored))
             if index is not None and not res.deleted:
                 for table, params in batches.items():

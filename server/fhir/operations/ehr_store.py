@@ -70,6 +70,7 @@ from server.fhir.validation import validate_resource
 from server.search.extract import IndexRows, extract
 from server.search.registry import Registry
 from server.store.base import StoredResource, WriteTx
+from server.store.content import compress
 
 __all__ = [
     "Outcome",
@@ -142,17 +143,39 @@ class Item:
     content: bytes
     index: IndexRows
     keys: tuple[str, ...] = ()  # canonical identifier criteria the resource answers (created ones)
+    #: ``content`` as the history table keeps it (compressed in the worker: the writer is the
+    #: busier half); used when the resource is written as prepared (no id swapped, no new version)
+    stored: bytes | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # plain tuples between processes: a slots dataclass's own pickling runs Python per field
         rows = tuple(getattr(self.index, name) for name in _INDEX_TABLES)
-        return _item, (self.where, self.type_, self.id_, self.mode, self.key, self.content, rows, self.keys)
+        return _item, (
+            self.where,
+            self.type_,
+            self.id_,
+            self.mode,
+            self.key,
+            self.content,
+            rows,
+            self.keys,
+            self.stored,
+        )
 
 
 def _item(
-    where: str, type_: str, id_: str, mode: str, key: str | None, content: bytes, rows: Any, keys: tuple[str, ...]
+    where: str,
+    type_: str,
+    id_: str,
+    mode: str,
+    key: str | None,
+    content: bytes,
+    rows: Any,
+    keys: tuple[str, ...],
+    stored: bytes | None,
 ) -> Item:
-    return Item(where, type_, id_, mode, key, content, IndexRows(**dict(zip(_INDEX_TABLES, rows, strict=True))), keys)
+    index = IndexRows(**dict(zip(_INDEX_TABLES, rows, strict=True)))
+    return Item(where, type_, id_, mode, key, content, index, keys, stored)
 
 
 @dataclass(slots=True)
@@ -301,7 +324,8 @@ def prepare_unit(
         if content is None:
             _stamp(resource, id_, last_updated)
             content = jsonio.dumps(resource)
-        items.append(Item(where, resource["resourceType"], id_, mode, key, content, extract(resource, registry), keys))
+        index = extract(resource, registry)
+        items.append(Item(where, resource["resourceType"], id_, mode, key, content, index, keys, compress(content)))
     return items, guesses
 
 
@@ -581,6 +605,7 @@ class Writer:
             outcomes.append(plan.outcome)
         current = tx.current_many([(item.type_, real) for p in plans for item, real, _, _ in p.writes])
         puts: list[tuple[StoredResource, str, Any]] = []
+        compressed: list[bytes | None] = []
         for plan in plans:
             counts = plan.outcome.counts
             for item, real, prepared, index in plan.writes:
@@ -599,11 +624,12 @@ class Writer:
                     item.type_, real, cur.version + 1 if cur else 1, ts, False, content, cur.rid if cur else 0
                 )
                 puts.append((stored, "POST" if item.mode == "create" else "PUT", index))
+                compressed.append(item.stored if content is item.content else None)
                 if live:
                     counts.updated += 1
                 else:
                     counts.created += 1
-        tx.put_many(puts)
+        tx.put_many(puts, compressed)
         tx.execute_many(
             "INSERT INTO ehr_message (msg_key, digest, ts) VALUES (?, ?, ?) "
             "ON CONFLICT (msg_key) DO UPDATE SET digest = excluded.digest, ts = excluded.ts",

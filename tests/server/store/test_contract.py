@@ -258,6 +258,23 @@ def test_insert_fresh_turns_numbers_into_rids(store: Store) -> None:
     assert store.read("Patient", "n0").ts == 5.0  # type: ignore[union-attr]
 
 
+def test_put_many_keeps_content_compressed_by_the_caller(store: Store) -> None:
+    """put_many(items, compressed): a given frame is what the history table keeps (not made again);
+    None, or no list, means compress here."""
+    bodies = [b'{"resourceType":"Patient","id":"c%d"}' % k for k in range(3)]
+    given = content.compress(b'{"resourceType":"Patient","id":"c0","note":"from the worker"}')
+    with store.transaction() as tx:
+        tx.put_many(
+            [(StoredResource("Patient", f"c{k}", 1, 1.0, False, body), "PUT", None) for k, body in enumerate(bodies)],
+            [given, None, None],
+        )
+    assert b"from the worker" in (store.read("Patient", "c0").content or b"")  # type: ignore[union-attr]
+    assert [store.read("Patient", f"c{k}").content for k in (1, 2)] == bodies[1:]  # type: ignore[union-attr]
+    with store.transaction() as tx:
+        tx.put_many([(StoredResource("Patient", "c3", 1, 1.0, False, bodies[0]), "PUT", None)])
+    assert store.read("Patient", "c3").content == bodies[0]  # type: ignore[union-attr]
+
+
 def test_generations_move_with_every_commit_that_writes_the_type(store: Store) -> None:
     before = store.generations(["Patient", "Observation"])
     _put(store, _res("g1", 1, 1.0))
