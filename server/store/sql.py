@@ -508,13 +508,14 @@ class SqlWriteTx:
                     cur.executemany(sql(f"DELETE FROM {d.table} WHERE rid = ?"), mine)
         new = [res for res, _, _ in items if not res.rid]
         assigned: dict[tuple[str, str], int] = {}
-        if new:
+        if new:  # rids drawn first and written with the rows (not looked up after the insert)
+            drawn = self._reserve_rids(len(new))
             self._insert_rows(
                 "resources",
-                ("res_type", "res_id", "version", "ts", "deleted"),
-                [(r.type, r.id, r.version, r.ts, int(r.deleted)) for r in new],
+                ("rid", "res_type", "res_id", "version", "ts", "deleted"),
+                [(rid, r.type, r.id, r.version, r.ts, int(r.deleted)) for rid, r in zip(drawn, new, strict=True)],
             )
-            assigned = self._rids(new)
+            assigned = {(r.type, r.id): rid for rid, r in zip(drawn, new, strict=True)}
         out: list[StoredResource] = []
         history: list[tuple[Any, ...]] = []
         batches: dict[str, list[tuple[Any, ...]]] = {table: [] for table in INDEX_TABLES}
@@ -641,21 +642,4 @@ class SqlWriteTx:
                 for row in self.cur.fetchall():
                     res = _to_resource(row, row[6], self.store._decode)
                     out[(res.type, res.id)] = res
-        return out
-
-    def _rids(self, resources: Sequence[StoredResource]) -> dict[tuple[str, str], int]:
-        """Internal ids of just-inserted resources, by (type, id)."""
-        by_type: dict[str, list[str]] = {}
-        for r in resources:
-            by_type.setdefault(r.type, []).append(r.id)
-        out: dict[tuple[str, str], int] = {}
-        for type_, ids in by_type.items():
-            for start in range(0, len(ids), _REINDEX_CHUNK):
-                chunk = ids[start : start + _REINDEX_CHUNK]
-                marks = ", ".join("?" for _ in chunk)
-                self.cur.execute(
-                    self.store._sql(f"SELECT rid, res_id FROM resources WHERE res_type = ? AND res_id IN ({marks})"),
-                    [type_, *chunk],
-                )
-                out.update(((type_, str(r[1])), int(r[0])) for r in self.cur.fetchall())
         return out
