@@ -80,7 +80,8 @@ class FreshBatch:
 
     - ``keys[k]`` (type, id) and ``json[k]`` the JSON served; ``content[k]`` what the history
       table's content column holds (:func:`server.store.content.compress`);
-    - ``index[table]``: ``(k, res_type, param, *values, grp)`` (``INDEX_TABLES`` columns);
+    - ``index[table]``: ``(k, res_type, param, *values)`` (``INDEX_TABLES`` columns), with ``grp``
+      after the values for a composite's component row (:func:`server.store.sql.index_params`);
     - ``derived[table]``: ``(k, *columns)`` of a :class:`DerivedIndex`, complete for the batch's
       resources of its types (a table left out is computed from the JSON).
     """

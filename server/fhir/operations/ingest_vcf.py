@@ -484,7 +484,7 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[F
         rows = indexer(resource, facts)
         for table in INDEX_TABLES:
             found = getattr(rows, table)
-            if found:  # (k, type, param, *values, grp): the store's own rows, k where the rid goes
+            if found:  # (k, type, param, *values[, grp]): the store's own rows, k where the rid goes
                 index[table].extend(index_params(k, type_, table, found))
         if type_ == "Observation":
             batch.derived[RANGE_TABLE].extend((k, *r) for r in indexer.ranges(resource, facts))
@@ -624,7 +624,7 @@ def _resources(batch: FreshBatch) -> Iterator[tuple[str, str, bytes, _Index]]:
     tables: dict[str, list[list[tuple[Any, ...]]]] = {t: [[] for _ in batch.keys] for t in INDEX_TABLES}
     for table, rows in batch.index.items():
         for row in rows:
-            tables[table][row[0]].append(row[2:])  # (param, *values, grp)
+            tables[table][row[0]].append(row[2:])  # (param, *values[, grp])
     ranges: list[list[tuple[Any, ...]]] = [[] for _ in batch.keys]
     for row in batch.derived.get(RANGE_TABLE, ()):
         ranges[row[0]].append(row[1:])

@@ -275,6 +275,50 @@ def test_put_many_keeps_content_compressed_by_the_caller(store: Store) -> None:
     assert store.read("Patient", "c3").content == bodies[0]  # type: ignore[union-attr]
 
 
+class _Recording:
+    """A cursor that records the statements run through it."""
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+        self.statements: list[str] = []
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self.statements.append(sql)
+        return self._cur.execute(sql, *args)
+
+    def executemany(self, sql: str, *args: Any) -> Any:
+        self.statements.append(sql)
+        return self._cur.executemany(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
+def test_index_rows_ordinary_and_composite_and_unchanged_ones_not_rewritten(store: Store) -> None:
+    """An ordinary row is stored with grp NULL, a composite component's with its grp; replacing a
+    resource's rows by the same rows rewrites nothing, by other rows replaces them."""
+    rows = _index(
+        token=[("code", "http://loinc.org", "1-8", None), ("component-code-value-quantity:0", "s", "c", None, 0)],
+        quantity=[("component-code-value-quantity:1", 5.0, "s", "mg", "mg", 0)],
+    )
+    stored = _put(store, _res("ix", 1, 1.0), "PUT", rows)
+    assert sorted(store.query("SELECT param, code, grp FROM idx_token WHERE rid = ?", [stored.rid])) == [
+        ("code", "1-8", None),
+        ("component-code-value-quantity:0", "c", 0),
+    ]
+    assert store.query("SELECT value, grp FROM idx_quantity WHERE rid = ?", [stored.rid]) == [(5.0, 0)]
+    with store.transaction() as tx:
+        recording = _Recording(tx.cur)  # type: ignore[attr-defined]
+        tx.cur = recording  # type: ignore[attr-defined]
+        assert tx.replace_index([(stored.rid, 1, "Patient", rows)]) == 1
+    assert not [s for s in recording.statements if s.startswith(("DELETE FROM idx_", "INSERT INTO idx_"))]
+    changed = _index(token=[("code", "http://loinc.org", "2-6", None)])
+    with store.transaction() as tx:
+        assert tx.replace_index([(stored.rid, 1, "Patient", changed)]) == 1
+    assert store.query("SELECT param, code, grp FROM idx_token WHERE rid = ?", [stored.rid]) == [("code", "2-6", None)]
+    assert store.query("SELECT COUNT(*) FROM idx_quantity WHERE rid = ?", [stored.rid]) == [(0,)]
+
+
 def test_generations_move_with_every_commit_that_writes_the_type(store: Store) -> None:
     before = store.generations(["Patient", "Observation"])
     _put(store, _res("g1", 1, 1.0))
