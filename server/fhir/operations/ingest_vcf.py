@@ -11,7 +11,8 @@ this module stores the result. It is the bulk path for genomic data:
   (bad header, bad record at line N, truncated file) raised half-way rolls it back and nothing is
   stored. On SQLite the transaction holds the write lock for the whole ingestion (other writers
   wait, readers do not: WAL).
-- **Idempotent.** The mapper's ids are uuid5 of (patient, sample, file sha256, line, alleles):
+- **Idempotent.** The mapper's ids are deterministic (``<ingestion>-<line>-<key>``: hashes of
+  patient, sample and file sha256, the line, and the alleles; :class:`mappers.vcf._Ids`):
   ingesting the same file for the same patient and sample again finds every resource in place.
   A resource whose content is unchanged is not written (no new version); a changed one (other
   ``--source-class``, other regions) gets a new version; a resource the previous ingestion of
