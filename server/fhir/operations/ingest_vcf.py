@@ -311,6 +311,7 @@ class Indexer:
         self.facts = True
         self._checked: set[tuple[str, str | None]] = set()
         self._shared: dict[tuple[str, int], tuple[Any, list[tuple[Any, ...]]]] = {}
+        self._subjects: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
 
     def generic(self, resource: dict[str, Any]) -> IndexRows:
         type_ = resource["resourceType"]
@@ -381,16 +382,26 @@ class Indexer:
         rows = IndexRows()
         if type_ == "MolecularSequence":
             rows.token = list(self._of_shared("referenceseqid", facts.accession, _concept_rows))
-            _reference_rows(rows, "patient", resource["patient"])
+            rows.reference = list(self._subject_rows("patient", facts.subject))
             return rows
         token = rows.token = list(self._of_shared("code", resource["code"], _concept_rows))
         token += self._of_shared("chromosome", facts.chromosome, _concept_rows)
         if facts.gene is not None:
             token += self._of_shared("gene", facts.gene, _gene_rows)
-        _reference_rows(rows, "subject", resource["subject"])
+        reference = rows.reference = list(self._subject_rows("subject", facts.subject))
         sequence = facts.sequence
-        rows.reference.append(("derived-from", "MolecularSequence", sequence[18:], sequence))
+        reference.append(("derived-from", "MolecularSequence", sequence[18:], sequence))
         return rows
+
+    def _subject_rows(self, code: str, subject: str) -> list[tuple[Any, ...]]:
+        """The reference rows of ``{"reference": subject}`` (the facts' subject, the same for a whole file)."""
+        key = (code, subject)
+        found = self._subjects.get(key)
+        if found is None:
+            rows = IndexRows()
+            _reference_rows(rows, code, {"reference": subject})
+            found = self._subjects[key] = rows.reference
+        return found
 
     def _of_shared(
         self, code: str, concept: dict[str, Any], make: Callable[[list[tuple[Any, ...]], str, Any], None]
