@@ -81,15 +81,13 @@ def index_params(rid: int, type_: str, table: str, rows: Sequence[tuple[Any, ...
 
 def grouped(table: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[tuple[str, ...], Sequence[tuple[Any, ...]]]]:
     """(columns, rows) to insert :func:`index_params`' rows of ``table`` with: ordinary rows
-    without ``grp``, a composite's component rows with it."""
+    without ``grp``, a composite's component rows with it (none for no rows)."""
     columns = INDEX_COLUMNS[table]
     n = len(columns)
     if not any(len(row) == n for row in rows):
-        return [(columns[:-1], rows)]
-    return [
-        (columns[:-1], [row for row in rows if len(row) < n]),
-        (columns, [row for row in rows if len(row) == n]),
-    ]
+        return [(columns[:-1], rows)] if rows else []
+    parts = [(columns[:-1], [row for row in rows if len(row) < n]), (columns, [row for row in rows if len(row) == n])]
+    return [(cols, part) for cols, part in parts if part]
 
 
 def _comparable_row(row: Sequence[Any], length: int) -> tuple[Any, ...]:
@@ -449,10 +447,9 @@ class SqlWriteTx:
             rows = getattr(index, table, None)
             if rows:
                 for columns, part in grouped(table, index_params(rid, type_, table, rows)):
-                    if part:
-                        marks = ", ".join("?" for _ in columns)
-                        sql = f"INSERT INTO idx_{table} ({', '.join(columns)}) VALUES ({marks})"
-                        self.cur.executemany(self.store._sql(sql), part)
+                    marks = ", ".join("?" for _ in columns)
+                    sql = f"INSERT INTO idx_{table} ({', '.join(columns)}) VALUES ({marks})"
+                    self.cur.executemany(self.store._sql(sql), part)
 
     def replace_index(self, entries: Sequence[tuple[int, int, str, Any]]) -> int:
         """Replace the index rows of current resources, given as (rid, version, type, rows).
@@ -496,8 +493,7 @@ class SqlWriteTx:
                 if changed:
                     self.cur.executemany(sql(f"DELETE FROM idx_{table} WHERE rid = ?"), [(r,) for r in changed])
                 for columns, part in grouped(table, params):
-                    if part:
-                        self._insert_rows(f"idx_{table}", columns, part)
+                    self._insert_rows(f"idx_{table}", columns, part)
             done += len(kept)
         return done
 
@@ -564,8 +560,7 @@ class SqlWriteTx:
         self._insert_rows("history", _HISTORY_COLUMNS, history)
         for table, params in batches.items():
             for columns, part in grouped(table, params):
-                if part:
-                    self._insert_rows(f"idx_{table}", columns, part)
+                self._insert_rows(f"idx_{table}", columns, part)
         for d in self.store.derived:
             derived = [
                 (stored.rid, *row)
@@ -602,8 +597,7 @@ class SqlWriteTx:
         )
         for table, rows in batch.index.items():
             for columns, part in grouped(table, rows):
-                if part:
-                    self._insert_numbered(f"idx_{table}", columns, part, rids)
+                self._insert_numbered(f"idx_{table}", columns, part, rids)
         for d in self.store.derived:
             derived = batch.derived.get(d.table)
             if derived is None:
