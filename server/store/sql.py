@@ -7,6 +7,7 @@ SQL is written with ``?`` placeholders; the PostgreSQL store rewrites them to ``
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -66,6 +67,12 @@ def deferrable_indexes(dialect: str) -> dict[str, str]:
         if stmt.startswith("CREATE INDEX IF NOT EXISTS") and words[5] in DEFERRABLE_INDEXES:
             out[words[5]] = stmt
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    """``INSERT INTO table (columns) VALUES (?, …)``."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
 
 
 def index_params(rid: int, type_: str, table: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -433,11 +440,7 @@ class SqlWriteTx:
                     cur.execute(sql(f"DELETE FROM {d.table} WHERE rid = ?"), (rid,))
                 rows = derived_rows(d, res, index)
                 if rows:
-                    marks = ", ".join("?" for _ in range(len(d.columns) + 1))
-                    cur.executemany(
-                        sql(f"INSERT INTO {d.table} (rid, {', '.join(d.columns)}) VALUES ({marks})"),
-                        [(rid, *row) for row in rows],
-                    )
+                    cur.executemany(sql(_insert_sql(d.table, ("rid", *d.columns))), [(rid, *row) for row in rows])
         return StoredResource(
             rid=rid, type=res.type, id=res.id, version=res.version, ts=res.ts, deleted=res.deleted, content=res.content
         )
@@ -447,9 +450,7 @@ class SqlWriteTx:
             rows = getattr(index, table, None)
             if rows:
                 for columns, part in grouped(table, index_params(rid, type_, table, rows)):
-                    marks = ", ".join("?" for _ in columns)
-                    sql = f"INSERT INTO idx_{table} ({', '.join(columns)}) VALUES ({marks})"
-                    self.cur.executemany(self.store._sql(sql), part)
+                    self.cur.executemany(self.store._sql(_insert_sql(f"idx_{table}", columns)), part)
 
     def replace_index(self, entries: Sequence[tuple[int, int, str, Any]]) -> int:
         """Replace the index rows of current resources, given as (rid, version, type, rows).
@@ -639,8 +640,7 @@ class SqlWriteTx:
 
     def _insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert many rows into ``table`` (``executemany``; PostgreSQL uses COPY)."""
-        marks = ", ".join("?" for _ in columns)
-        self.cur.executemany(self.store._sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"), rows)
+        self.cur.executemany(self.store._sql(_insert_sql(table, tuple(columns))), rows)
 
     def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
         """The current versions (tombstones included) of many (type, id), as this transaction sees them."""

@@ -258,6 +258,13 @@ def _observation_rows(resource: dict[str, Any]) -> IndexRows:
     return rows
 
 
+def _plain_reference_rows(out: list[tuple[Any, ...]], code: str, reference: str) -> None:
+    """The reference rows of ``{"reference": reference}`` (a facts' subject)."""
+    rows = IndexRows()
+    _reference_rows(rows, code, {"reference": reference})
+    out += rows.reference
+
+
 def _gene_rows(out: list[tuple[Any, ...]], code: str, concept: Any) -> None:
     """``gene``: the concept, and its displays and text as codes (the symbol searched as a code)."""
     _concept_rows(out, code, concept)
@@ -311,7 +318,6 @@ class Indexer:
         self.facts = True
         self._checked: set[tuple[str, str | None]] = set()
         self._shared: dict[tuple[str, int], tuple[Any, list[tuple[Any, ...]]]] = {}
-        self._subjects: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
 
     def generic(self, resource: dict[str, Any]) -> IndexRows:
         type_ = resource["resourceType"]
@@ -321,11 +327,11 @@ class Indexer:
         type_ = resource["resourceType"]
         if facts is not None and self.facts:
             rows = self._from_facts(type_, resource, facts)
-            if (type_, None) in self._checked:
+            if ("facts", type_) in self._checked:  # not a kind _walked checks: (type, code)
                 return rows
             expected = self._walked(type_, resource)
             if _same_rows(rows, expected):
-                self._checked.add((type_, None))
+                self._checked.add(("facts", type_))
                 return rows
             self._differ("the index rows made of the VCF mapper's facts", type_)
             return expected
@@ -361,12 +367,12 @@ class Indexer:
         rows: list[RangeRow] = [
             (facts.subject, facts.ref_seq, start, end, bin_of(start, end), facts.ref, facts.alt, 0, facts.source_class)
         ]
-        if ("range", None) not in self._checked:
+        if ("facts", "range") not in self._checked:
             expected = ranges_of(resource)
             if rows != expected:
                 self._differ("the range rows made of the VCF mapper's facts", "Observation")
                 return expected
-            self._checked.add(("range", None))
+            self._checked.add(("facts", "range"))
         return rows
 
     def _differ(self, what: str, type_: str) -> None:
@@ -382,41 +388,33 @@ class Indexer:
         rows = IndexRows()
         if type_ == "MolecularSequence":
             rows.token = list(self._of_shared("referenceseqid", facts.accession, _concept_rows))
-            rows.reference = list(self._subject_rows("patient", facts.subject))
+            rows.reference = list(self._of_shared("patient", facts.subject, _plain_reference_rows))
             return rows
         token = rows.token = list(self._of_shared("code", resource["code"], _concept_rows))
         token += self._of_shared("chromosome", facts.chromosome, _concept_rows)
         if facts.gene is not None:
             token += self._of_shared("gene", facts.gene, _gene_rows)
-        reference = rows.reference = list(self._subject_rows("subject", facts.subject))
+        reference = rows.reference = list(self._of_shared("subject", facts.subject, _plain_reference_rows))
         sequence = facts.sequence
         reference.append(("derived-from", "MolecularSequence", sequence[18:], sequence))
         return rows
 
-    def _subject_rows(self, code: str, subject: str) -> list[tuple[Any, ...]]:
-        """The reference rows of ``{"reference": subject}`` (the facts' subject, the same for a whole file)."""
-        key = (code, subject)
-        found = self._subjects.get(key)
-        if found is None:
-            rows = IndexRows()
-            _reference_rows(rows, code, {"reference": subject})
-            found = self._subjects[key] = rows.reference
-        return found
-
     def _of_shared(
-        self, code: str, concept: dict[str, Any], make: Callable[[list[tuple[Any, ...]], str, Any], None]
+        self, code: str, value: Any, make: Callable[[list[tuple[Any, ...]], str, Any], None]
     ) -> list[tuple[Any, ...]]:
-        """The token rows of ``code`` for a concept the mapper shares between resources, made once."""
-        key = (code, id(concept))
+        """The rows of ``code`` for a value the mapper shares between resources (a concept, the
+        subject string), made once."""
+        key = (code, id(value))
         hit = self._shared.get(key)
-        if hit is not None and hit[0] is concept:  # the concept is kept: its id is not reused
+        if hit is not None and hit[0] is value:  # the value is kept: its id is not reused
             return hit[1]
         out: list[tuple[Any, ...]] = []
-        make(out, code, concept)
+        make(out, code, value)
         if len(self._shared) >= 4096:
             self._shared.clear()
-        self._shared[key] = (concept, list(dict.fromkeys(out)))
-        return self._shared[key][1]
+        rows = list(dict.fromkeys(out))
+        self._shared[key] = (value, rows)
+        return rows
 
 
 @dataclass

@@ -475,6 +475,23 @@ def test_facts_fall_back_to_the_resource_when_they_differ(app: Any, caplog: pyte
     ).reference
 
 
+def test_facts_are_checked_even_after_a_walked_resource_of_the_same_type(
+    app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A structural variant's MolecularSequence (no facts: walked and checked as its kind) first does
+    not let the first facts-made rows of that type through unchecked."""
+    ctx = _ctx(app)
+    items = list(map_vcf(shared(STRUCTURAL), "p1").items())
+    walked = next(r for r, f in items if f is None and r["resourceType"] == "MolecularSequence")
+    sequence, facts = next((r, f) for r, f in items if f is not None and r["resourceType"] == "MolecularSequence")
+    indexer = ingest.Indexer(ctx.registry)
+    indexer(walked)
+    wrong = facts._replace(accession={"coding": [{"system": "http://www.ncbi.nlm.nih.gov/nuccore", "code": "NC_0"}]})
+    rows = indexer(sequence, wrong)
+    assert not indexer.facts and "index rows made of the VCF mapper's facts" in caplog.text
+    assert ("referenceseqid", "http://www.ncbi.nlm.nih.gov/nuccore", "NC_0", None) not in rows.token
+
+
 def test_range_index_follows_rest_writes(app: Any) -> None:
     """A variant Observation written through the API gets its range row; update and delete replace it."""
     ctx = _ctx(app)
