@@ -10,18 +10,26 @@ thread in each worker that exits it as soon as its parent process is gone.
 hundreds of thousands of small acyclic containers (rows, tuples, unpickled batches), each batch
 setting off collections that find nothing to free (measured on the VCF ingest: about a tenth of
 its CPU time). Reference counting still frees them; the collector runs again afterwards.
+
+:class:`Forked` computes one function's result in a forked process while the caller goes on (the
+VCF ingestion reads the file's PGx calls so, beside the process that maps it).
 """
 
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from typing import Any, Generic, TypeVar
 
-__all__ = ["bulk_worker", "orphan_guard", "paused_gc"]
+__all__ = ["Forked", "bulk_worker", "orphan_guard", "paused_gc"]
+
+T = TypeVar("T")
 
 
 class _GcPauses:
@@ -76,3 +84,54 @@ def paused_gc() -> Iterator[None]:
                 gc.enable()
         if resume:
             gc.collect(1)
+
+
+def _run_forked(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    try:
+        try:
+            conn.send((True, fn(*args, **kwargs)))
+        except BaseException as exc:  # noqa: BLE001  # handed to the parent, which raises it
+            try:
+                conn.send((False, exc))
+            except Exception:  # noqa: BLE001  # an exception pickle cannot take: its name and message
+                conn.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+    finally:
+        conn.close()
+
+
+class Forked(Generic[T]):
+    """``fn(*args, **kwargs)`` computed in a forked process, started at once; :meth:`result` waits.
+
+    For CPU-bound work beside other work (threads would share one core: both are Python). The
+    process is a daemon: it dies with the caller. ``fn``'s exception is raised by :meth:`result`
+    (a ``RuntimeError`` naming it when it cannot be pickled); :meth:`cancel` ends an unwanted one.
+    """
+
+    def __init__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> None:
+        context = multiprocessing.get_context("fork")
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_run_forked, args=(send, fn, args, kwargs), name=getattr(fn, "__name__", "forked"), daemon=True
+        )
+        self._process.start()
+        send.close()
+
+    def result(self) -> T:
+        try:
+            ok, value = self._receive.recv()
+        except EOFError:
+            self._process.join(timeout=5)  # reaped, so that its exit code is known
+            name, code = self._process.name, self._process.exitcode
+            raise RuntimeError(f"the process {name} ended unexpectedly (exit code {code})") from None
+        finally:
+            self.cancel()
+        if ok:
+            return value  # what fn returned, pickled
+        raise value
+
+    def cancel(self) -> None:
+        """End the process (if it still runs) and release the pipe."""
+        self._receive.close()
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()

@@ -8,8 +8,9 @@ GitHub issue 7 (calling on ingest and on demand). The calling itself is :mod:`ma
 
 Two ways in:
 
-- **On ingest** (:func:`call_in_ingest`, called by :mod:`server.fhir.operations.ingest_vcf` inside
-  the ingestion's own transaction): the calls are read from the VCF itself, so reference calls
+- **On ingest** (:func:`calls_from_file`, then :func:`call_in_ingest` inside the ingestion's own
+  transaction; :mod:`server.fhir.operations.ingest_vcf` may read the calls in a process of its own
+  while the variants are written): the calls are read from the VCF itself, so reference calls
   (``0/0``) and no-calls at the definition positions are known. Somatic ingestions and builds
   other than GRCh38 are not called (the reason is reported, nothing is assumed).
 - **On demand** (:func:`call_pgx`: ``POST /fhir/Patient/{id}/$call-pgx``, ``python -m server
@@ -56,9 +57,11 @@ __all__ = [
     "DEFINITION",
     "METHOD_MARK",
     "OPERATION",
+    "FileCalls",
     "PgxResult",
     "call_in_ingest",
     "call_pgx",
+    "calls_from_file",
     "calls_from_store",
     "capabilities",
 ]
@@ -327,38 +330,44 @@ def _keep_vcf_call(
 # -- entry points ------------------------------------------------------------------------------
 
 
-def call_in_ingest(
-    ctx: FhirContext,
-    tx: WriteTx,
-    path: str | os.PathLike[str],
-    patient_id: str,
-    *,
-    sample: str | None,
-    build: str,
-    source_class: str,
-) -> PgxResult:
-    """Call the PGx genes from the VCF being ingested and store the result in ``tx`` (module docstring).
+@dataclass
+class FileCalls:
+    """The PGx calls read from a VCF by :func:`calls_from_file`, or why none were made (``skipped``)."""
 
-    The VCF's variant Observations must already be written in ``tx`` (``derivedFrom`` finds them
-    through the range index). Never raises for the VCF's content: a file PGx calling cannot use
-    is reported in :attr:`PgxResult.skipped` and the ingestion goes on.
+    calls: list[pgx.GeneCall]
+    skipped: str | None = None
+
+
+def calls_from_file(path: str | os.PathLike[str], *, sample: str | None, build: str, source_class: str) -> FileCalls:
+    """Call the PGx genes from one sample of a VCF (no store involved: it may run in another process).
+
+    Never raises for the VCF's content: a file PGx calling cannot use is reported in ``skipped``.
     """
-    result = PgxResult(f"Patient/{patient_id}", _FROM_VCF)
     if source_class != "germline":
-        result.skipped = f"{source_class} data: star alleles are called from germline calls only"
-        return result
+        return FileCalls([], f"{source_class} data: star alleles are called from germline calls only")
     if gc.normalise_build(build) != "GRCh38":
-        result.skipped = f"build {build}: star-allele calling needs GRCh38 (no liftover is done)"
-        return result
+        return FileCalls([], f"build {build}: star-allele calling needs GRCh38 (no liftover is done)")
     tables = load_tables()
     try:
         vcf_calls = pgx.calls_from_vcf(Path(path), sample, build="GRCh38", regions=tables.regions())
-        calls = pgx.call_all(vcf_calls, tables)
+        return FileCalls(pgx.call_all(vcf_calls, tables))
     except pgx.PgxInputError as exc:
-        result.skipped = str(exc)
+        return FileCalls([], str(exc))
+
+
+def call_in_ingest(ctx: FhirContext, tx: WriteTx, patient_id: str, found: FileCalls) -> PgxResult:
+    """Store the calls :func:`calls_from_file` read from the VCF being ingested, in ``tx`` (module docstring).
+
+    The VCF's variant Observations must already be written in ``tx`` (``derivedFrom`` finds them
+    through the range index).
+    """
+    result = PgxResult(f"Patient/{patient_id}", _FROM_VCF)
+    if found.skipped is not None:
+        result.skipped = found.skipped
         return result
-    stored = _stored_variants(tx.query, _tx_reader(tx), patient_id, tables)
-    _store_calls(ctx, tx, patient_id, calls, pgx.variant_ids_from_observations(r for _, r in stored), _FROM_VCF, result)
+    stored = _stored_variants(tx.query, _tx_reader(tx), patient_id, load_tables())
+    variant_ids = pgx.variant_ids_from_observations(r for _, r in stored)
+    _store_calls(ctx, tx, patient_id, found.calls, variant_ids, _FROM_VCF, result)
     return result
 
 

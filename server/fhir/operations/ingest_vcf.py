@@ -49,7 +49,9 @@ this module stores the result. It is the bulk path for genomic data:
 - **PGx calls in the same transaction**: a germline GRCh38 file is also star-allele called
   (:func:`server.fhir.operations.call_pgx.call_in_ingest`): Genotype + TherapeuticImplication
   Observations derivedFrom the variants just written, replacing the Patient's earlier calls of
-  the genes called. Other builds and somatic files are not called (said in the summary).
+  the genes called. Other builds and somatic files are not called (said in the summary). With a
+  mapping process, a third process (:class:`server.workers.Forked`) reads the calls from the file
+  while the variants are mapped and written, so that only storing them is left after the last batch.
 - **Background jobs** for large HTTP uploads (:func:`start_job`, :func:`job_status`): a thread of
   the receiving process (:func:`server.fhir.jobs.run_in_background`), its state in a Task
   resource that any worker can read.
@@ -84,7 +86,7 @@ from server.fhir import crud
 from server.fhir.context import FhirContext
 from server.fhir.guard import job_owner, owns_job
 from server.fhir.jobs import run_in_background
-from server.fhir.operations.call_pgx import PgxResult, call_in_ingest
+from server.fhir.operations.call_pgx import FileCalls, PgxResult, call_in_ingest, calls_from_file
 from server.fhir.operations.variant_ranges import TABLE as RANGE_TABLE
 from server.fhir.operations.variant_ranges import RangeRow, bin_of, ranges_of
 from server.fhir.report import WriteCounts
@@ -94,7 +96,7 @@ from server.search.registry import Registry
 from server.store import content as stored_content
 from server.store.base import INDEX_TABLES, FreshBatch, StoredResource, WriteTx
 from server.store.sql import index_params
-from server.workers import paused_gc
+from server.workers import Forked, paused_gc
 
 __all__ = [
     "DEFINITION",
@@ -726,32 +728,37 @@ def _store(
     counts = WriteCounts()
     ts = time.time()
     meta = _Meta(ts)
-    with paused_gc(), ctx.store.transaction() as tx:  # the forked mapping process inherits the pause
-        report_id: str | None = None
-        last: StoredResource | None = None
-        report_created = False
-        for batch, records in _batches(mapping, indexer, ts, workers):
-            if batch.keys and batch.keys[-1][0] == "DiagnosticReport":  # the mapper's last resource
-                report_id = batch.keys[-1][1]
-                _delete_orphans(tx, report_id, batch.json[-1], ts, counts)
-            written = _write_batch(tx, batch, meta, counts)
-            if written is not None and written.type == "DiagnosticReport":
-                last = written
-                report_created = last.version == 1
-            if progress is not None:
-                progress(records)
-        assert report_id is not None  # the mapper always ends with the report
-        pgx_result = None
-        if path is not None:  # PGx calls from the same file, in the same transaction (issue 7)
-            if counts.created + counts.updated > _FRESH_STATS_AFTER:
-                tx.refresh_statistics()  # its searches must not be planned as if the tables were empty
-            r = mapping.report
-            pgx_result = call_in_ingest(
-                ctx, tx, path, patient_id, sample=r.sample, build=r.build, source_class=source_class
-            )
-        if last is None:  # unchanged: the stored report is the current one
-            last = tx.current("DiagnosticReport", report_id)
-            assert last is not None
+    pgx_args = {"sample": mapping.sample, "build": mapping.build, "source_class": source_class}
+    # PGx calls from the same file (issue 7): read beside the mapping process when there is one
+    pending = Forked(calls_from_file, path, **pgx_args) if path is not None and workers > 0 else None
+    try:
+        with paused_gc(), ctx.store.transaction() as tx:  # the forked mapping process inherits the pause
+            report_id: str | None = None
+            last: StoredResource | None = None
+            report_created = False
+            for batch, records in _batches(mapping, indexer, ts, workers):
+                if batch.keys and batch.keys[-1][0] == "DiagnosticReport":  # the mapper's last resource
+                    report_id = batch.keys[-1][1]
+                    _delete_orphans(tx, report_id, batch.json[-1], ts, counts)
+                written = _write_batch(tx, batch, meta, counts)
+                if written is not None and written.type == "DiagnosticReport":
+                    last = written
+                    report_created = last.version == 1
+                if progress is not None:
+                    progress(records)
+            assert report_id is not None  # the mapper always ends with the report
+            pgx_result = None
+            if path is not None:  # stored in the same transaction
+                found: FileCalls = pending.result() if pending is not None else calls_from_file(path, **pgx_args)
+                if counts.created + counts.updated > _FRESH_STATS_AFTER:
+                    tx.refresh_statistics()  # its searches must not be planned as if the tables were empty
+                pgx_result = call_in_ingest(ctx, tx, patient_id, found)
+            if last is None:  # unchanged: the stored report is the current one
+                last = tx.current("DiagnosticReport", report_id)
+                assert last is not None
+    finally:
+        if pending is not None:
+            pending.cancel()
     return IngestResult(
         report=mapping.report,
         patient=f"Patient/{patient_id}",

@@ -7,6 +7,7 @@ other positions, VKORC1 rs9923231 C/T, an uncertain TPMT call, and no call for t
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,10 @@ def ctx(database_url: str) -> Any:
     context.store.close()
 
 
-def test_ingest_calls_pgx_in_the_same_transaction_and_reingest_changes_nothing(ctx: Any) -> None:
-    result = ingest.ingest_vcf(ctx, MULTI, "p1")
+@pytest.mark.parametrize("workers", [0, 1])
+def test_ingest_calls_pgx_in_the_same_transaction_and_reingest_changes_nothing(ctx: Any, workers: int) -> None:
+    """In one process, and with a mapping process (the calls then read in a process of their own)."""
+    result = ingest.ingest_vcf(ctx, MULTI, "p1", workers=workers)
     assert result.pgx is not None and result.pgx.skipped is None
     assert result.pgx.genes["CYP3A5"] == "final *3/*3 (Poor Metabolizer)"
     assert result.pgx.genes["DPYD"].startswith("no call")
@@ -80,10 +83,26 @@ def test_ingest_calls_pgx_in_the_same_transaction_and_reingest_changes_nothing(c
     cyp_ti = by_parent[f"Observation/{cyp3a5['id']}"]
     assert cyp_ti["component"][0]["valueCodeableConcept"]["text"] == "Poor Metabolizer"
     before = _versions(ctx)
-    again = ingest.ingest_vcf(ctx, MULTI, "p1")
+    again = ingest.ingest_vcf(ctx, MULTI, "p1", workers=workers)
     assert again.pgx is not None and (again.pgx.created, again.pgx.updated, again.pgx.deleted) == (0, 0, 0)
     assert again.pgx.unchanged == 6
     assert _versions(ctx) == before
+
+
+def test_pgx_reading_failing_beside_the_mapping_process_writes_nothing(
+    ctx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process reading the PGx calls failing fails the ingestion: nothing is written, no process is left."""
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("cannot read the file again")
+
+    monkeypatch.setattr(ingest, "calls_from_file", fails)
+    before = _versions(ctx)
+    with pytest.raises(OSError, match="cannot read the file again"):
+        ingest.ingest_vcf(ctx, MULTI, "p1", workers=1)
+    assert _versions(ctx) == before == 0
+    assert multiprocessing.active_children() == []
 
 
 def test_a_new_vcf_replaces_the_calls_of_the_genes_it_covers(ctx: Any) -> None:
