@@ -492,6 +492,12 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[F
     index = batch.index
     for resource, facts in mapping.items():
         type_ = resource["resourceType"]
+        if type_ == "DiagnosticReport" and batch.keys:
+            # the last resource, listing every result, in a batch of its own: the writer writes the
+            # variants before it while this process indexes it
+            yield batch
+            batch = _fresh(ts)
+            index = batch.index
         k = len(batch.keys)
         rows = indexer(resource, facts)
         for table in INDEX_TABLES:

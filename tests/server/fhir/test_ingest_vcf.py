@@ -362,14 +362,17 @@ def test_fast_index_rows_equal_the_search_registrys(app: Any, path: Path) -> Non
 
 
 def test_batches_start_small_and_grow_to_batch(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The writer waits for the first batch only: it is BATCH/8, and each next one doubles up to BATCH."""
+    """The writer waits for the first batch only: it is BATCH/8, and each next one doubles up to BATCH.
+    The DiagnosticReport, which lists every result, comes alone in the last batch."""
     monkeypatch.setattr(ingest, "BATCH", 16)
     mapping = map_vcf(shared(HG00404), "p1")
     ctx = _ctx(app)
     batches = list(ingest._prepare_all(mapping, ingest.Indexer(ctx.registry), 1.0))
     sizes = [len(b.keys) for b in batches]
     assert sizes[:5] == [2, 4, 8, 16, 16]
-    assert all(n == 16 for n in sizes[3:-1]) and 0 < sizes[-1] <= 16
+    assert all(n == 16 for n in sizes[3:-2]) and 0 < sizes[-2] <= 16
+    assert [type_ for type_, _ in batches[-1].keys] == ["DiagnosticReport"]
+    assert all(type_ != "DiagnosticReport" for b in batches[:-1] for type_, _ in b.keys)
     assert sum(sizes) == sum(1 for _ in map_vcf(HG00404, "p1").resources())
 
 
