@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from server.store.base import ConflictRetry
-from server.store.sql import Cursor, SqlStoreBase, SqlWriteTx
+from server.store.base import ConflictRetry, StoredResource
+from server.store.sql import RESOURCE_COLUMNS, Cursor, SqlStoreBase, SqlWriteTx, ids_by_type, to_resource
 
 __all__ = ["PostgresStore"]
 
@@ -38,6 +38,13 @@ def _pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+_CURRENT_MANY = (
+    f"SELECT x.* FROM unnest(%s::text[]) AS k(id) CROSS JOIN LATERAL (SELECT {RESOURCE_COLUMNS}, h.content "
+    "FROM resources r LEFT JOIN history h ON h.rid = r.rid AND h.version = r.version "
+    "WHERE r.res_type = %s AND r.res_id = k.id LIMIT 1) x"
+)
+
+
 class _PgWriteTx(SqlWriteTx):
     def lock(self, key: str) -> None:
         self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(key),))
@@ -47,6 +54,23 @@ class _PgWriteTx(SqlWriteTx):
         with self.cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
+        """:meth:`SqlWriteTx.current_many` as one lookup per id (``LATERAL``), whatever the statistics say.
+
+        Inside a bulk transaction the planner's statistics still describe the tables as they were
+        before it (a few hundred Observations where this transaction has written 100,000): with
+        ``res_id IN (…)`` it then scans every row of the type (``resources_type_ts``) for each chunk
+        of ids, 0.2-0.3 s a batch at the end of an exome ingestion. A lateral subquery with equality
+        on both columns of ``UNIQUE (res_type, res_id)`` is always planned as one probe of it.
+        """
+        out: dict[tuple[str, str], StoredResource] = {}
+        for type_, ids in ids_by_type(keys).items():
+            self.cur.execute(_CURRENT_MANY, (ids, type_))
+            for row in self.cur.fetchall():
+                res = to_resource(row, row[6], self.store._decode)
+                out[(res.type, res.id)] = res
+        return out
 
     def _reserve_rids(self, n: int) -> Sequence[int]:
         """``n`` values of the rid sequence (not necessarily consecutive: other writers draw too)."""

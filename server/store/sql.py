@@ -22,17 +22,20 @@ from server.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, ddl, rebuilt_inde
 __all__ = [
     "DEFERRABLE_INDEXES",
     "INDEX_COLUMNS",
+    "RESOURCE_COLUMNS",
     "Cursor",
     "SqlStoreBase",
     "SqlWriteTx",
     "deferrable_indexes",
     "derived_rows",
+    "ids_by_type",
     "index_params",
+    "to_resource",
 ]
 
 Cursor = Any  # a DB-API cursor-like object with execute/executemany/fetchall/fetchone
 
-_COLS = "r.rid, r.res_type, r.res_id, r.version, r.ts, r.deleted"
+RESOURCE_COLUMNS = "r.rid, r.res_type, r.res_id, r.version, r.ts, r.deleted"
 
 #: Column order of the rows :func:`index_params` builds, per index table (an ordinary row stops
 #: before ``grp``).
@@ -97,6 +100,14 @@ def grouped(table: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[tuple[str
     return [(cols, part) for cols, part in parts if part]
 
 
+def ids_by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """The distinct ids of ``(type, id)`` keys, by type (in first-seen order)."""
+    by_type: dict[str, dict[str, None]] = {}
+    for type_, id_ in keys:
+        by_type.setdefault(type_, {})[id_] = None
+    return {type_: list(ids) for type_, ids in by_type.items()}
+
+
 def _comparable_row(row: Sequence[Any], length: int) -> tuple[Any, ...]:
     """``row`` (an ordinary one without its ``grp``) as :func:`_comparable` gives a stored one, ``length`` long."""
     return _comparable(tuple(row) + (None,) * (length - len(row)))
@@ -118,7 +129,7 @@ def derived_rows(d: DerivedIndex, res: StoredResource, index: Any) -> list[tuple
     return d.rows(res.type, res.content)
 
 
-def _to_resource(row: Sequence[Any], content: Any, decode: Callable[[Any], bytes | None]) -> StoredResource:
+def to_resource(row: Sequence[Any], content: Any, decode: Callable[[Any], bytes | None]) -> StoredResource:
     return StoredResource(
         rid=row[0],
         type=row[1],
@@ -205,7 +216,7 @@ class SqlStoreBase:
     # -- reads ----------------------------------------------------------------------------
     def _select_current(self, where: str) -> str:
         return self._sql(
-            f"SELECT {_COLS}, h.content FROM resources r "
+            f"SELECT {RESOURCE_COLUMNS}, h.content FROM resources r "
             f"LEFT JOIN history h ON h.rid = r.rid AND h.version = r.version WHERE {where}"
         )
 
@@ -213,7 +224,7 @@ class SqlStoreBase:
         with self._reader() as cur:
             cur.execute(self._select_current("r.res_type = ? AND r.res_id = ?"), (type_, id_))
             row = cur.fetchone()
-        return None if row is None else _to_resource(row, row[6], self._decode)
+        return None if row is None else to_resource(row, row[6], self._decode)
 
     def read_many(self, rids: Sequence[int]) -> list[StoredResource]:
         if not rids:
@@ -225,7 +236,7 @@ class SqlStoreBase:
                 marks = ", ".join("?" for _ in chunk)
                 cur.execute(self._select_current(f"r.rid IN ({marks})"), chunk)
                 for row in cur.fetchall():
-                    out[row[0]] = _to_resource(row, row[6], self._decode)
+                    out[row[0]] = to_resource(row, row[6], self._decode)
         return [out[r] for r in rids if r in out]
 
     def vread(self, type_: str, id_: str, version: int) -> StoredResource | None:
@@ -237,7 +248,7 @@ class SqlStoreBase:
         with self._reader() as cur:
             cur.execute(sql, (version, type_, id_))
             row = cur.fetchone()
-        return None if row is None else _to_resource(row, row[6], self._decode)
+        return None if row is None else to_resource(row, row[6], self._decode)
 
     @staticmethod
     def _history_where(
@@ -278,7 +289,7 @@ class SqlStoreBase:
         with self._reader() as cur:
             cur.execute(sql, (*params, limit))
             rows = cur.fetchall()
-        return [HistoryEntry(seq=r[7], method=r[8], resource=_to_resource(r, r[6], self._decode)) for r in rows]
+        return [HistoryEntry(seq=r[7], method=r[8], resource=to_resource(r, r[6], self._decode)) for r in rows]
 
     def count_history(self, type_: str | None = None, id_: str | None = None, since: float | None = None) -> int:
         where, params = self._history_where(type_, id_, since, None)
@@ -362,7 +373,7 @@ class SqlStoreBase:
             if not rows:
                 return
             for row in rows:
-                yield _to_resource(row, row[6], self._decode)
+                yield to_resource(row, row[6], self._decode)
             last = rows[-1][0]
 
 
@@ -397,7 +408,7 @@ class SqlWriteTx:
     def current(self, type_: str, id_: str) -> StoredResource | None:
         self.cur.execute(self.store._select_current("r.res_type = ? AND r.res_id = ?"), (type_, id_))
         row = self.cur.fetchone()
-        return None if row is None else _to_resource(row, row[6], self.store._decode)
+        return None if row is None else to_resource(row, row[6], self.store._decode)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.cur.execute(self.store._sql(sql), tuple(params))
@@ -644,11 +655,8 @@ class SqlWriteTx:
 
     def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
         """The current versions (tombstones included) of many (type, id), as this transaction sees them."""
-        by_type: dict[str, list[str]] = {}
-        for type_, id_ in keys:
-            by_type.setdefault(type_, []).append(id_)
         out: dict[tuple[str, str], StoredResource] = {}
-        for type_, ids in by_type.items():
+        for type_, ids in ids_by_type(keys).items():
             for start in range(0, len(ids), _REINDEX_CHUNK):
                 chunk = ids[start : start + _REINDEX_CHUNK]
                 marks = ", ".join("?" for _ in chunk)
@@ -656,6 +664,6 @@ class SqlWriteTx:
                     self.store._select_current(f"r.res_type = ? AND r.res_id IN ({marks})"), [type_, *chunk]
                 )
                 for row in self.cur.fetchall():
-                    res = _to_resource(row, row[6], self.store._decode)
+                    res = to_resource(row, row[6], self.store._decode)
                     out[(res.type, res.id)] = res
         return out

@@ -203,6 +203,22 @@ def test_put_many_and_current_many(store: Store) -> None:
     assert [h.method for h in store.history("Patient", "b")] == ["DELETE", "PUT"]
 
 
+def test_current_many_finds_each_key_once_among_many(store: Store) -> None:
+    """Many keys (more than one SQL chunk), repeated and unknown ones, two types, a tombstone: each
+    stored (type, id) comes back once with its current version and content."""
+    ids = [f"p{n:04d}" for n in range(1200)]
+    with store.transaction() as tx:
+        written = tx.put_many([(_res(i, 1, 1.0), "PUT", None) for i in ids])
+        tx.put_many([(StoredResource("Patient", "p0007", 2, 2.0, True, None, rid=written[7].rid), "DELETE", None)])
+        keys = [("Patient", i) for i in ids] + [("Patient", "p0003"), ("Patient", "nope"), ("Observation", "p0001")]
+        found = tx.current_many(keys)
+    assert set(found) == {("Patient", i) for i in ids}
+    assert found[("Patient", "p1199")].content == b'{"resourceType":"Patient","id":"p1199"}'
+    assert found[("Patient", "p1199")].rid == written[1199].rid and found[("Patient", "p1199")].version == 1
+    tombstone = found[("Patient", "p0007")]
+    assert tombstone.deleted and tombstone.version == 2 and tombstone.content is None
+
+
 class _Lengths:
     """A derived index of the JSON length of Patients (stands in for the genomic range index)."""
 
