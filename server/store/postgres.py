@@ -39,7 +39,7 @@ def _pg_sql(sql: str) -> str:
 
 
 _CURRENT_MANY = (
-    f"SELECT x.* FROM unnest(%s::text[]) AS k(id) CROSS JOIN LATERAL (SELECT {RESOURCE_COLUMNS}, h.content "
+    f"SELECT x.* FROM unnest(%b::text[]) AS k(id) CROSS JOIN LATERAL (SELECT {RESOURCE_COLUMNS}, h.content "
     "FROM resources r LEFT JOIN history h ON h.rid = r.rid AND h.version = r.version "
     "WHERE r.res_type = %s AND r.res_id = k.id LIMIT 1) x"
 )
@@ -62,7 +62,9 @@ class _PgWriteTx(SqlWriteTx):
         before it (a few hundred Observations where this transaction has written 100,000): with
         ``res_id IN (…)`` it then scans every row of the type (``resources_type_ts``) for each chunk
         of ids, 0.2-0.3 s a batch at the end of an exome ingestion. A lateral subquery with equality
-        on both columns of ``UNIQUE (res_type, res_id)`` is always planned as one probe of it.
+        on both columns of ``UNIQUE (res_type, res_id)`` is always planned as one probe of it (``LIMIT
+        1`` keeps the planner from flattening it into a join). The ids go as one binary array (``%b``:
+        the text format quotes each element in Python, 4 µs an id).
         """
         out: dict[tuple[str, str], StoredResource] = {}
         for type_, ids in ids_by_type(keys).items():
