@@ -40,28 +40,13 @@ def _pg_sql(sql: str) -> str:
 
 
 _IDX = {"rid": "int8", "res_type": "text", "param": "text", "grp": "int4"}
+_RESOURCES = {"rid": "int8", "res_type": "text", "res_id": "text", "version": "int4", "ts": "float8", "deleted": "int2"}
 #: Column types of the tables copied in the binary format (``_PgWriteTx._insert_rows``), as in the
 #: schema (a test compares them with the database's). ``idx_number``/``idx_quantity`` are left out:
 #: their ``numeric`` value may come as a float, which the binary format does not take.
 _BINARY_COPY: dict[str, dict[str, str]] = {
-    "resources": {
-        "rid": "int8",
-        "res_type": "text",
-        "res_id": "text",
-        "version": "int4",
-        "ts": "float8",
-        "deleted": "int2",
-    },
-    "history": {
-        "rid": "int8",
-        "res_type": "text",
-        "res_id": "text",
-        "version": "int4",
-        "ts": "float8",
-        "deleted": "int2",
-        "method": "text",
-        "content": "bytea",
-    },
+    "resources": _RESOURCES,
+    "history": {**_RESOURCES, "method": "text", "content": "bytea"},
     "idx_token": {**_IDX, "system": "text", "code": "text", "text": "text"},
     "idx_string": {**_IDX, "value": "text", "exact": "text"},
     "idx_reference": {**_IDX, "target_type": "text", "target_id": "text", "url": "text"},
