@@ -120,6 +120,17 @@ def store(database_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture
+def postgres_store() -> Iterator[Any]:
+    """An empty PostgreSQL store (this run's private schema, dropped at the end), closed afterwards."""
+    from server.store import open_store
+
+    s = open_store(postgres_url())
+    s.reset()
+    yield s
+    s.close()
+
+
+@pytest.fixture
 def app(database_url: str) -> Iterator[Any]:
     application = make_app(database_url)
     yield application

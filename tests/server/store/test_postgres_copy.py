@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from server.store import open_store
 from server.store import postgres as pg
 from server.store.base import FreshBatch
-from tests.conftest import postgres_url
 
 
 @pytest.fixture
-def store() -> Iterator[Any]:
-    s = open_store(postgres_url())
-    s.reset()
-    yield s
-    s.close()
+def store(postgres_store: Any) -> Any:
+    return postgres_store
 
 
 def test_binary_copy_types_are_the_schema_s(store: Any) -> None:
