@@ -11,8 +11,9 @@ hundreds of thousands of small acyclic containers (rows, tuples, unpickled batch
 setting off collections that find nothing to free (measured on the VCF ingest: about a tenth of
 its CPU time). Reference counting still frees them; the collector runs again afterwards.
 
-:class:`Forked` computes one function's result in a forked process while the caller goes on (the
-VCF ingestion reads the file's PGx calls so, beside the process that maps it).
+:class:`Child` is a forked process that sends messages back over a pipe (the VCF ingestion's mapping
+process); :class:`Forked` computes one function's result so while the caller goes on (the VCF
+ingestion reads the file's PGx calls so, beside the process that maps it).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Forked", "bulk_worker", "orphan_guard", "paused_gc"]
+__all__ = ["Child", "Forked", "bulk_worker", "orphan_guard", "paused_gc"]
 
 T = TypeVar("T")
 
@@ -99,39 +100,61 @@ def _run_forked(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...],
         conn.close()
 
 
-class Forked(Generic[T]):
+class Child:
+    """A forked daemon process, started at once, that sends this one messages over a pipe.
+
+    ``target(conn, *args)`` runs in it with the sending end. :meth:`recv` turns its dying without a
+    word into a ``RuntimeError`` with its exit code; :meth:`close` (also on leaving a ``with``)
+    ends it if it still runs and reaps it.
+    """
+
+    def __init__(self, target: Callable[..., None], args: tuple[Any, ...], name: str) -> None:
+        context = multiprocessing.get_context("fork")
+        self._receive, send = context.Pipe(duplex=False)
+        self.process = context.Process(target=target, args=(send, *args), name=name, daemon=True)
+        self.process.start()
+        send.close()
+
+    def recv(self, what: str) -> Any:
+        """The next message; ``what`` names the process in the error when it ended without sending one."""
+        try:
+            return self._receive.recv()
+        except EOFError:
+            self.process.join(timeout=5)  # reaped, so that its exit code is known
+            raise RuntimeError(f"{what} ended unexpectedly (exit code {self.process.exitcode})") from None
+
+    def close(self) -> None:
+        self._receive.close()
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Forked(Child, Generic[T]):
     """``fn(*args, **kwargs)`` computed in a forked process, started at once; :meth:`result` waits.
 
     For CPU-bound work beside other work (threads would share one core: both are Python). The
     process is a daemon: it dies with the caller. ``fn``'s exception is raised by :meth:`result`
-    (a ``RuntimeError`` naming it when it cannot be pickled); :meth:`cancel` ends an unwanted one.
+    (a ``RuntimeError`` naming it when it cannot be pickled); :meth:`close` ends an unwanted one.
     """
 
     def __init__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> None:
-        context = multiprocessing.get_context("fork")
-        self._receive, send = context.Pipe(duplex=False)
-        self._process = context.Process(
-            target=_run_forked, args=(send, fn, args, kwargs), name=getattr(fn, "__name__", "forked"), daemon=True
-        )
-        self._process.start()
-        send.close()
+        super().__init__(_run_forked, (fn, args, kwargs), getattr(fn, "__name__", "forked"))
+
+    def __enter__(self) -> Forked[T]:
+        return self
 
     def result(self) -> T:
         try:
-            ok, value = self._receive.recv()
-        except EOFError:
-            self._process.join(timeout=5)  # reaped, so that its exit code is known
-            name, code = self._process.name, self._process.exitcode
-            raise RuntimeError(f"the process {name} ended unexpectedly (exit code {code})") from None
+            ok, value = self.recv(f"the process {self.process.name}")
         finally:
-            self.cancel()
+            self.close()
         if ok:
             return value  # what fn returned, pickled
         raise value
-
-    def cancel(self) -> None:
-        """End the process (if it still runs) and release the pipe."""
-        self._receive.close()
-        if self._process.is_alive():
-            self._process.terminate()
-        self._process.join()

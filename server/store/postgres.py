@@ -20,8 +20,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from server.store.base import ConflictRetry, StoredResource
-from server.store.sql import RESOURCE_COLUMNS, Cursor, SqlStoreBase, SqlWriteTx, ids_by_type, to_resource
+from server.store.base import ConflictRetry
+from server.store.sql import RESOURCE_COLUMNS, Cursor, SqlStoreBase, SqlWriteTx
 
 __all__ = ["PostgresStore"]
 
@@ -111,8 +111,8 @@ class _PgWriteTx(SqlWriteTx):
             for row in rows:
                 copy.write_row(row)
 
-    def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
-        """:meth:`SqlWriteTx.current_many` as one lookup per id (``LATERAL``), whatever the statistics say.
+    def _current_rows(self, type_: str, ids: Sequence[str]) -> Iterator[Sequence[Any]]:
+        """:meth:`SqlWriteTx.current_many`'s lookup as one probe per id (``LATERAL``), whatever the statistics say.
 
         Inside a bulk transaction the planner's statistics still describe the tables as they were
         before it (a few hundred Observations where this transaction has written 100,000): with
@@ -122,13 +122,8 @@ class _PgWriteTx(SqlWriteTx):
         1`` keeps the planner from flattening it into a join). The ids go as one binary array (``%b``:
         the text format quotes each element in Python, 4 µs an id).
         """
-        out: dict[tuple[str, str], StoredResource] = {}
-        for type_, ids in ids_by_type(keys).items():
-            self.cur.execute(_CURRENT_MANY, (ids, type_))
-            for row in self.cur.fetchall():
-                res = to_resource(row, row[6], self.store._decode)
-                out[(res.type, res.id)] = res
-        return out
+        self.cur.execute(_CURRENT_MANY, (ids, type_))
+        yield from self.cur.fetchall()
 
     def _reserve_rids(self, n: int) -> Sequence[int]:
         """``n`` values of the rid sequence (not necessarily consecutive: other writers draw too)."""

@@ -28,9 +28,7 @@ __all__ = [
     "SqlWriteTx",
     "deferrable_indexes",
     "derived_rows",
-    "ids_by_type",
     "index_params",
-    "to_resource",
 ]
 
 Cursor = Any  # a DB-API cursor-like object with execute/executemany/fetchall/fetchone
@@ -100,14 +98,6 @@ def grouped(table: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[tuple[str
     return [(cols, part) for cols, part in parts if part]
 
 
-def ids_by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
-    """The distinct ids of ``(type, id)`` keys, by type (in first-seen order)."""
-    by_type: dict[str, dict[str, None]] = {}
-    for type_, id_ in keys:
-        by_type.setdefault(type_, {})[id_] = None
-    return {type_: list(ids) for type_, ids in by_type.items()}
-
-
 def _comparable_row(row: Sequence[Any], length: int) -> tuple[Any, ...]:
     """``row`` (an ordinary one without its ``grp``) as :func:`_comparable` gives a stored one, ``length`` long."""
     return _comparable(tuple(row) + (None,) * (length - len(row)))
@@ -129,7 +119,7 @@ def derived_rows(d: DerivedIndex, res: StoredResource, index: Any) -> list[tuple
     return d.rows(res.type, res.content)
 
 
-def to_resource(row: Sequence[Any], content: Any, decode: Callable[[Any], bytes | None]) -> StoredResource:
+def _to_resource(row: Sequence[Any], content: Any, decode: Callable[[Any], bytes | None]) -> StoredResource:
     return StoredResource(
         rid=row[0],
         type=row[1],
@@ -224,7 +214,7 @@ class SqlStoreBase:
         with self._reader() as cur:
             cur.execute(self._select_current("r.res_type = ? AND r.res_id = ?"), (type_, id_))
             row = cur.fetchone()
-        return None if row is None else to_resource(row, row[6], self._decode)
+        return None if row is None else _to_resource(row, row[6], self._decode)
 
     def read_many(self, rids: Sequence[int]) -> list[StoredResource]:
         if not rids:
@@ -236,7 +226,7 @@ class SqlStoreBase:
                 marks = ", ".join("?" for _ in chunk)
                 cur.execute(self._select_current(f"r.rid IN ({marks})"), chunk)
                 for row in cur.fetchall():
-                    out[row[0]] = to_resource(row, row[6], self._decode)
+                    out[row[0]] = _to_resource(row, row[6], self._decode)
         return [out[r] for r in rids if r in out]
 
     def vread(self, type_: str, id_: str, version: int) -> StoredResource | None:
@@ -248,7 +238,7 @@ class SqlStoreBase:
         with self._reader() as cur:
             cur.execute(sql, (version, type_, id_))
             row = cur.fetchone()
-        return None if row is None else to_resource(row, row[6], self._decode)
+        return None if row is None else _to_resource(row, row[6], self._decode)
 
     @staticmethod
     def _history_where(
@@ -289,7 +279,7 @@ class SqlStoreBase:
         with self._reader() as cur:
             cur.execute(sql, (*params, limit))
             rows = cur.fetchall()
-        return [HistoryEntry(seq=r[7], method=r[8], resource=to_resource(r, r[6], self._decode)) for r in rows]
+        return [HistoryEntry(seq=r[7], method=r[8], resource=_to_resource(r, r[6], self._decode)) for r in rows]
 
     def count_history(self, type_: str | None = None, id_: str | None = None, since: float | None = None) -> int:
         where, params = self._history_where(type_, id_, since, None)
@@ -373,7 +363,7 @@ class SqlStoreBase:
             if not rows:
                 return
             for row in rows:
-                yield to_resource(row, row[6], self._decode)
+                yield _to_resource(row, row[6], self._decode)
             last = rows[-1][0]
 
 
@@ -408,7 +398,7 @@ class SqlWriteTx:
     def current(self, type_: str, id_: str) -> StoredResource | None:
         self.cur.execute(self.store._select_current("r.res_type = ? AND r.res_id = ?"), (type_, id_))
         row = self.cur.fetchone()
-        return None if row is None else to_resource(row, row[6], self.store._decode)
+        return None if row is None else _to_resource(row, row[6], self.store._decode)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.cur.execute(self.store._sql(sql), tuple(params))
@@ -655,15 +645,20 @@ class SqlWriteTx:
 
     def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
         """The current versions (tombstones included) of many (type, id), as this transaction sees them."""
+        by_type: dict[str, dict[str, None]] = {}
+        for type_, id_ in keys:
+            by_type.setdefault(type_, {})[id_] = None  # distinct ids, in order
         out: dict[tuple[str, str], StoredResource] = {}
-        for type_, ids in ids_by_type(keys).items():
-            for start in range(0, len(ids), _REINDEX_CHUNK):
-                chunk = ids[start : start + _REINDEX_CHUNK]
-                marks = ", ".join("?" for _ in chunk)
-                self.cur.execute(
-                    self.store._select_current(f"r.res_type = ? AND r.res_id IN ({marks})"), [type_, *chunk]
-                )
-                for row in self.cur.fetchall():
-                    res = to_resource(row, row[6], self.store._decode)
-                    out[(res.type, res.id)] = res
+        for type_, ids in by_type.items():
+            for row in self._current_rows(type_, list(ids)):
+                res = _to_resource(row, row[6], self.store._decode)
+                out[(res.type, res.id)] = res
         return out
+
+    def _current_rows(self, type_: str, ids: Sequence[str]) -> Iterator[Sequence[Any]]:
+        """The current rows (:meth:`SqlStoreBase._select_current`'s columns) of distinct ids of one type."""
+        for start in range(0, len(ids), _REINDEX_CHUNK):
+            chunk = ids[start : start + _REINDEX_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            self.cur.execute(self.store._select_current(f"r.res_type = ? AND r.res_id IN ({marks})"), [type_, *chunk])
+            yield from self.cur.fetchall()

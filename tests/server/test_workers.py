@@ -105,8 +105,8 @@ def test_forked_process_dying_is_reported_with_its_exit_code() -> None:
         Forked(_dies).result()
 
 
-def test_forked_cancel_ends_a_running_process() -> None:
+def test_forked_close_ends_a_running_process() -> None:
     job = Forked(time.sleep, 60)
     started = time.monotonic()
-    job.cancel()
+    job.close()
     assert time.monotonic() - started < 10 and multiprocessing.active_children() == []

@@ -62,7 +62,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import logging
-import multiprocessing
 import os
 import re
 import shutil
@@ -96,7 +95,7 @@ from server.search.registry import Registry
 from server.store import content as stored_content
 from server.store.base import INDEX_TABLES, FreshBatch, StoredResource, WriteTx
 from server.store.sql import index_params
-from server.workers import Forked, paused_gc
+from server.workers import Child, Forked, paused_gc
 
 __all__ = [
     "DEFINITION",
@@ -545,20 +544,9 @@ def _batches(mapping: VcfMapping, indexer: Indexer, ts: float, workers: int) -> 
         for batch in _prepare_all(mapping, indexer, ts):
             yield batch, mapping.report.records
         return
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_worker, args=(send, mapping, indexer, ts), name="vcf-map", daemon=True)
-    process.start()
-    send.close()
-    try:
+    with Child(_worker, (mapping, indexer, ts), "vcf-map") as child:
         while True:
-            try:
-                message = receive.recv()
-            except EOFError:
-                process.join(timeout=5)  # reaped, so that its exit code is known
-                raise RuntimeError(
-                    f"the VCF mapping process ended unexpectedly (exit code {process.exitcode})"
-                ) from None
+            message = child.recv("the VCF mapping process")
             if message[0] == _BATCH:
                 yield message[1], message[2]
             elif message[0] == _DONE:
@@ -570,11 +558,6 @@ def _batches(mapping: VcfMapping, indexer: Indexer, ts: float, workers: int) -> 
                 if kind == "vcf":
                     raise VcfError(a, b, c)
                 raise RuntimeError(f"the VCF mapping process failed: {a}: {b}")
-    finally:
-        receive.close()
-        if process.is_alive():
-            process.terminate()
-        process.join()
 
 
 # -- writing (one transaction, in the caller's thread) ----------------------------------------
@@ -736,35 +719,32 @@ def _store(
     meta = _Meta(ts)
     pgx_args = {"sample": mapping.sample, "build": mapping.build, "source_class": source_class}
     # PGx calls from the same file (issue 7): read beside the mapping process when there is one
-    pending = Forked(calls_from_file, path, **pgx_args) if path is not None and workers > 0 else None
-    try:
-        with paused_gc(), ctx.store.transaction() as tx:  # the forked mapping process inherits the pause
-            report_id: str | None = None
-            last: StoredResource | None = None
-            report_created = False
-            for batch, records in _batches(mapping, indexer, ts, workers):
-                if batch.keys and batch.keys[-1][0] == "DiagnosticReport":  # the mapper's last resource
-                    report_id = batch.keys[-1][1]
-                    _delete_orphans(tx, report_id, batch.json[-1], ts, counts)
-                written = _write_batch(tx, batch, meta, counts)
-                if written is not None and written.type == "DiagnosticReport":
-                    last = written
-                    report_created = last.version == 1
-                if progress is not None:
-                    progress(records)
-            assert report_id is not None  # the mapper always ends with the report
-            pgx_result = None
-            if path is not None:  # stored in the same transaction
-                found: FileCalls = pending.result() if pending is not None else calls_from_file(path, **pgx_args)
-                if counts.created + counts.updated > _FRESH_STATS_AFTER:
-                    tx.refresh_statistics()  # its searches must not be planned as if the tables were empty
-                pgx_result = call_in_ingest(ctx, tx, patient_id, found)
-            if last is None:  # unchanged: the stored report is the current one
-                last = tx.current("DiagnosticReport", report_id)
-                assert last is not None
-    finally:
-        if pending is not None:
-            pending.cancel()
+    reading = Forked(calls_from_file, path, **pgx_args) if path is not None and workers > 0 else None
+    # the PGx process first: it forks before the transaction begins
+    with reading or contextlib.nullcontext(), paused_gc(), ctx.store.transaction() as tx:
+        report_id: str | None = None
+        last: StoredResource | None = None
+        report_created = False
+        for batch, records in _batches(mapping, indexer, ts, workers):
+            if batch.keys and batch.keys[-1][0] == "DiagnosticReport":  # the mapper's last resource
+                report_id = batch.keys[-1][1]
+                _delete_orphans(tx, report_id, batch.json[-1], ts, counts)
+            written = _write_batch(tx, batch, meta, counts)
+            if written is not None and written.type == "DiagnosticReport":
+                last = written
+                report_created = last.version == 1
+            if progress is not None:
+                progress(records)
+        assert report_id is not None  # the mapper always ends with the report
+        pgx_result = None
+        if path is not None:  # stored in the same transaction
+            found: FileCalls = reading.result() if reading is not None else calls_from_file(path, **pgx_args)
+            if counts.created + counts.updated > _FRESH_STATS_AFTER:
+                tx.refresh_statistics()  # its searches must not be planned as if the tables were empty
+            pgx_result = call_in_ingest(ctx, tx, patient_id, found)
+        if last is None:  # unchanged: the stored report is the current one
+            last = tx.current("DiagnosticReport", report_id)
+            assert last is not None
     return IngestResult(
         report=mapping.report,
         patient=f"Patient/{patient_id}",
