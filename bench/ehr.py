@@ -1,6 +1,6 @@
 """HL7 v2 ingestion speed: ORU^R01 with 10 OBX each, end to end into the store (not a test).
 
-    python bench/ehr.py [--messages 5000] [--patients 1000] [--workers N] [--skip-postgres]
+    python bench/ehr.py [--messages 5000] [--patients 1000] [--workers N] [--skip-postgres] [--skip-floor]
 
 Generates ``--messages`` ORU^R01 messages (one PID with an MRN of ``--patients`` distinct
 patients, one OBR, 10 numeric OBX with LOINC codes, UCUM units, reference ranges and flags, one
@@ -11,6 +11,9 @@ SQLite file and a fresh PostgreSQL schema. Prints messages/s and resources/s for
 parse+map alone on one core, and compares with the goal (2,000 messages/s on SQLite). A second
 run of the same feed (every message a duplicate) is timed too. The CPU time per message of this
 process and of the workers is printed as well: on a shared machine it varies less than the rate.
+Then (``--skip-floor`` leaves it out) the feed is ingested once more into a fresh SQLite file with
+the writer's statements recorded and replayed alone (:mod:`sql_floor`): SQLite's own share, the
+ceiling of the storage layout whatever the Python costs.
 
 PostgreSQL: ``BIGMED_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``),
 in a schema of its own, dropped at the end.
@@ -30,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from sql_floor import recording, replay, table_rows  # noqa: E402  # bench/ is on sys.path as the script's folder
 
 from mappers.hl7v2 import map_stream  # noqa: E402  # after the path setup, as for every bench script
 from server import create_app  # noqa: E402
@@ -125,12 +130,35 @@ def run(name: str, url: str, feed: Path, messages: int, workers: int) -> float:
         ctx.store.close()
 
 
+def floor(folder: Path, feed: Path, messages: int, workers: int) -> None:
+    """The feed ingested once more into a fresh SQLite file, its statements replayed alone (:mod:`sql_floor`)."""
+    app = create_app(Config(database_url=f"sqlite:///{folder}/floor.sqlite", cache_enabled=False, log_level="WARNING"))
+    ctx = app.extensions["bigmed"]
+    try:
+        with recording(ctx.store, folder) as rec, feed.open("rb") as fh:
+            report = ingest_hl7(ctx, [(feed.name, fh)], workers=workers)
+        stored = table_rows(ctx.store)
+    finally:
+        ctx.store.close()
+    assert report.stored == messages, report.summary()
+    result = replay(rec)
+    rec.start.unlink()
+    assert result.rows == stored, f"the replay left {result.rows} rows, the ingestion {stored}"
+    print(
+        f"  SQLite statements alone (replayed without Python, bench/sql_floor.py): {result.wall:.2f} s "
+        f"({result.cpu:.2f} s CPU) = {result.wall / messages * 1e3:.2f} ms per message, "
+        f"a ceiling of {messages / result.wall:,.0f} messages/s for this storage layout\n"
+        f"  {'':<10} largest, per message: {result.shares(messages)}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=None, help="mapping processes (default: cores - 1)")
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--skip-floor", action="store_true", help="do not replay the SQLite statements alone")
     args = parser.parse_args()
     workers = default_workers() if args.workers is None else args.workers
     rng = random.Random(8)
@@ -148,6 +176,8 @@ def main() -> int:
         sqlite_rate = run("SQLite", f"sqlite:///{tmp}/bench.sqlite", feed, args.messages, workers)
         if workers:
             run("SQLite", f"sqlite:///{tmp}/bench0.sqlite", feed, args.messages, 0)
+        if not args.skip_floor:
+            floor(Path(tmp), feed, args.messages, workers)
         if not args.skip_postgres:
             pg = postgres_url()
             if pg is not None:

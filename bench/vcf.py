@@ -1,7 +1,7 @@
 """VCF ingestion and genomic range queries: figures for the README (not a test).
 
     python bench/vcf.py [--rows 100000] [--range-variants 1000000] [--queries 1000]
-                        [--workers 1] [--skip-postgres] [--skip-vcf2fhir]
+                        [--workers 1] [--skip-postgres] [--skip-vcf2fhir] [--skip-floor]
 
 1. End-to-end ingestion (parse + map + store + index, one transaction; ``ingest_vcf`` as the
    CLI runs it) of ``../shared/data/vcf/vcf2fhir/HG00403A.vcf.gz`` (20,834 rows) and of a
@@ -12,7 +12,11 @@
    with a message when it cannot be installed). Rates are per VCF record (row) and per variant
    Observation written; the CPU seconds of the writing process and of the mapping process
    (``--workers 1``) show which half is the limit.
-2. Range queries: ``--range-variants`` synthetic variant Observations of one subject (plus a
+2. The SQL floor (``--skip-floor`` leaves it out): each file ingested once more into a fresh SQLite
+   file with the writer connection's statements recorded, then replayed alone in the same
+   transactions (:mod:`sql_floor`): the time SQLite needs for that write set with no Python in
+   between, i.e. the ceiling of the storage layout, and its largest statement kinds.
+3. Range queries: ``--range-variants`` synthetic variant Observations of one subject (plus a
    second subject's, to be skipped) written straight through the store's batched writer
    (``WriteTx.put_many``, the path the ingestion uses, with their range rows), then
    ``--queries`` random gene-sized ranges (1–100 kb, 10 % up to 2 Mb): p50/p99 of the range-index
@@ -43,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from cyvcf2 import VCF  # noqa: E402  # after the path setup, as for every bench script
 from ehr import cpu_seconds  # noqa: E402  # bench/ is on sys.path as the script's folder
+from sql_floor import Floor, recording, replay, table_rows  # noqa: E402
 
 from mappers import genomics_codes as gc  # noqa: E402
 from server import create_app  # noqa: E402
@@ -164,6 +169,22 @@ def bench_ingest(backend_name: str, folder: Path, path: Path, workers: int) -> d
         }
     finally:
         backend.close()
+
+
+def bench_floor(folder: Path, path: Path, workers: int) -> tuple[int, Floor]:
+    """(variants, the SQL floor) of one more ingestion into a fresh SQLite file (:mod:`sql_floor`)."""
+    backend = Backend("sqlite", folder)
+    try:
+        crud.update(backend.ctx, "Patient", "bench", {"resourceType": "Patient", "id": "bench"})
+        with recording(backend.ctx.store, folder) as rec:
+            result = ingest.ingest_vcf(backend.ctx, path, "bench", workers=workers)
+        stored = table_rows(backend.ctx.store)
+    finally:
+        backend.close()
+    floor = replay(rec)
+    rec.start.unlink()
+    assert floor.rows == stored, f"the replay left {floor.rows} rows, the ingestion {stored}"
+    return result.report.variants, floor
 
 
 def bench_cyvcf2(path: Path) -> float:
@@ -361,6 +382,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=ingest.default_workers(), help="mapping processes (0 or 1)")
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-vcf2fhir", action="store_true")
+    parser.add_argument("--skip-floor", action="store_true", help="do not replay the SQLite statements alone")
     parser.add_argument("--vcf2fhir-timeout", type=float, default=900)
     args = parser.parse_args()
 
@@ -425,6 +447,26 @@ def main() -> int:
             else:
                 cells.append(f"skipped ({why_not})")
             print("| " + " | ".join(cells) + " |", flush=True)
+
+        if not args.skip_floor:
+            print(
+                "\nSQLite statements alone: each file ingested once more with its writer's statements recorded, "
+                "then replayed in the same transactions with no Python in between (bench/sql_floor.py): "
+                "the ceiling of this storage layout, whatever the mapping costs\n"
+            )
+            print(
+                "| file | variants | replay CPU s | replay s | µs per variant | ceiling variants/s "
+                "| largest (µs per variant) |"
+            )
+            print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+            for label, path, _ in files:
+                print(f"  recording {label} …", file=sys.stderr, flush=True)
+                variants, floor = bench_floor(folder, path, args.workers)
+                print(
+                    f"| {label} | {variants:,} | {floor.cpu:.2f} | {floor.wall:.2f} | "
+                    f"{floor.wall / variants * 1e6:.0f} | {variants / floor.wall:,.0f} | {floor.shares(variants)} |",
+                    flush=True,
+                )
 
         print(
             f"\nRange queries ({args.range_variants:,} variants of one subject + {args.range_variants // 10:,} "
