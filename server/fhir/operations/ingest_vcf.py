@@ -494,7 +494,7 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[F
         if type_ == "DiagnosticReport" and batch.keys:
             # the last resource, listing every result, in a batch of its own: the writer writes the
             # variants before it while this process indexes it
-            yield batch
+            yield _sealed(batch)
             batch = _fresh(ts)
             index = batch.index
         k = len(batch.keys)
@@ -511,17 +511,21 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[F
         meta["versionId"] = "1"
         meta["lastUpdated"] = last_updated
         resource["meta"] = meta
-        data = jsonio.dumps(resource)
-        stored = stored_content.compress(data)
         batch.keys.append((type_, resource["id"]))
-        batch.json.append(data)
-        batch.content.append(stored)
+        batch.json.append(jsonio.dumps(resource))
         if len(batch.keys) >= size:
-            yield batch
+            yield _sealed(batch)
             batch = _fresh(ts)
             index = batch.index
             size = min(size * 2, BATCH)
-    yield batch
+    yield _sealed(batch)
+
+
+def _sealed(batch: FreshBatch) -> FreshBatch:
+    """``batch`` with the stored contents of its JSON, compressed all at once (``content.compress_many``:
+    about half the cost of compressing each resource as it is made)."""
+    batch.content = stored_content.compress_many(batch.json)
+    return batch
 
 
 def _worker(conn: Connection, mapping: VcfMapping, indexer: Indexer, ts: float) -> None:

@@ -35,6 +35,13 @@ def test_round_trip_gives_back_the_exact_bytes(body: bytes) -> None:
     assert content.decompress(frame) == body
 
 
+def test_compress_many_gives_each_body_its_own_frame_in_order() -> None:
+    frames = content.compress_many(iter(BODIES))  # any iterable, e.g. a generator
+    assert frames == [content.compress(body) for body in BODIES]
+    assert [content.decompress(frame) for frame in frames] == BODIES
+    assert content.compress_many([]) == []
+
+
 def test_the_shipped_dictionary_makes_a_variant_observation_small() -> None:
     resources = list(map_vcf(SHARED_VCF, "p1").resources())
     variant = next(r for r in resources if r["resourceType"] == "Observation")
