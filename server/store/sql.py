@@ -537,12 +537,14 @@ class SqlWriteTx:
         out: list[StoredResource] = []
         history: list[tuple[Any, ...]] = []
         batches: dict[str, list[tuple[Any, ...]]] = {table: [] for table in INDEX_TABLES}
+        given: list[bytes | None] = list(compressed) if compressed is not None else [None] * len(items)
+        missing = [k for k, (res, _, _) in enumerate(items) if given[k] is None and res.content is not None]
+        packed = content.compress_many(items[k][0].content or b"" for k in missing)  # one loop: see compress_many
+        for k, frame in zip(missing, packed, strict=True):
+            given[k] = frame
         for k, (res, method, index) in enumerate(items):
             rid = res.rid or assigned[(res.type, res.id)]
-            stored = compressed[k] if compressed is not None else None
-            if stored is None and res.content is not None:
-                stored = content.compress(res.content)
-            history.append((rid, res.type, res.id, res.version, res.ts, int(res.deleted), method, stored))
+            history.append((rid, res.type, res.id, res.version, res.ts, int(res.deleted), method, given[k]))
             if index is not None and not res.deleted:
                 for table, params in batches.items():
                     rows = getattr(index, table, None)

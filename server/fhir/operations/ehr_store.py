@@ -70,7 +70,7 @@ from server.fhir.validation import validate_resource
 from server.search.extract import IndexRows, extract
 from server.search.registry import Registry
 from server.store.base import StoredResource, WriteTx
-from server.store.content import compress
+from server.store.content import compress_many
 
 __all__ = [
     "Outcome",
@@ -79,6 +79,7 @@ __all__ = [
     "Unit",
     "Writer",
     "canonical",
+    "compress_units",
     "logged_digests",
     "message_digest",
     "prepare_unit",
@@ -143,8 +144,9 @@ class Item:
     content: bytes
     index: IndexRows
     keys: tuple[str, ...] = ()  # canonical identifier criteria the resource answers (created ones)
-    #: ``content`` as the history table keeps it (compressed in the worker: the writer is the
-    #: busier half); used when the resource is written as prepared (no id swapped, no new version)
+    #: ``content`` as the history table keeps it (compressed in the worker, :func:`compress_units`:
+    #: the writer is the busier half); used when the resource is written as prepared (no id
+    #: swapped, no new version); None: the store compresses it
     stored: bytes | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -325,8 +327,16 @@ def prepare_unit(
             _stamp(resource, id_, last_updated)
             content = jsonio.dumps(resource)
         index = extract(resource, registry)
-        items.append(Item(where, resource["resourceType"], id_, mode, key, content, index, keys, compress(content)))
+        items.append(Item(where, resource["resourceType"], id_, mode, key, content, index, keys))
     return items, guesses
+
+
+def compress_units(units: Iterable[Unit]) -> None:
+    """Fill in the stored (compressed) content of every item of ``units``, in one loop
+    (:func:`server.store.content.compress_many`; a worker does it for its whole chunk)."""
+    items = [item for unit in units for item in unit.items]
+    for item, stored in zip(items, compress_many(item.content for item in items), strict=True):
+        item.stored = stored
 
 
 def _stamp(resource: dict[str, Any], id_: str, last_updated: str) -> None:

@@ -36,6 +36,7 @@ from server.fhir.operations.ehr_store import (
     RecordError,
     Unit,
     Writer,
+    compress_units,
     logged_digests,
     message_digest,
     prepare_unit,
@@ -137,6 +138,7 @@ def _prepare(batch: list[tuple[int, RawMessage]], ts: float) -> list[tuple[int, 
             out.append((seq, unit))
             continue
         out.append((seq, Quarantined(raw.source, raw.index, problem, raw.text, raw.control_id, raw.message_type)))
+    compress_units(result for _, result in out if isinstance(result, Unit))
     return out
 
 
