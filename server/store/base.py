@@ -18,6 +18,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from server.store import content
+
 __all__ = [
     "INDEX_TABLES",
     "STORE_ID_KEY",
@@ -79,7 +81,9 @@ class FreshBatch:
     starts with the resource's number ``k`` where the table has its ``rid``:
 
     - ``keys[k]`` (type, id) and ``json[k]`` the JSON served; ``content[k]`` what the history
-      table's content column holds (:func:`server.store.content.compress`);
+      table's content column holds (:func:`server.store.content.compress`). ``json`` may be left
+      empty (a batch sent between processes travels a tenth of the size without it): read the
+      JSON through :meth:`served`, which then decompresses it;
     - ``index[table]``: ``(k, res_type, param, *values)`` (``INDEX_TABLES`` columns), with ``grp``
       after the values for a composite's component row (:func:`server.store.sql.index_params`);
     - ``derived[table]``: ``(k, *columns)`` of a :class:`DerivedIndex`, complete for the batch's
@@ -93,6 +97,10 @@ class FreshBatch:
     content: list[bytes]
     index: dict[str, list[tuple[Any, ...]]]
     derived: dict[str, list[tuple[Any, ...]]]
+
+    def served(self, k: int) -> bytes:
+        """The JSON of resource ``k`` (negative counts from the end): ``json[k]``, else decompressed."""
+        return self.json[k] if self.json else content.decompress(self.content[k])
 
 
 class ConflictRetry(Exception):

@@ -609,7 +609,7 @@ class SqlWriteTx:
                     (k, *row)
                     for k, (type_, _) in enumerate(batch.keys)
                     if type_ in d.types
-                    for row in d.rows(type_, batch.json[k])
+                    for row in d.rows(type_, batch.served(k))
                 ]
             if derived:
                 self._insert_numbered(d.table, ("rid", *d.columns), derived, rids)

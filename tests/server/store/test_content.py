@@ -11,7 +11,7 @@ import zstandard
 from mappers.vcf import map_vcf
 from server import jsonio
 from server.store import content
-from server.store.base import StoredResource
+from server.store.base import FreshBatch, StoredResource
 from server.store.sqlite import SqliteStore
 
 SHARED_VCF = (
@@ -40,6 +40,14 @@ def test_compress_many_gives_each_body_its_own_frame_in_order() -> None:
     assert frames == [content.compress(body) for body in BODIES]
     assert [content.decompress(frame) for frame in frames] == BODIES
     assert content.compress_many([]) == []
+
+
+def test_a_fresh_batch_sent_without_its_json_serves_it_from_the_content() -> None:
+    keys = [("Patient", "a"), ("Observation", "o"), ("Binary", "b")]
+    batch = FreshBatch(0.0, "PUT", keys, list(BODIES), content.compress_many(BODIES), {}, {})
+    assert [batch.served(k) for k in range(3)] == BODIES and batch.served(-1) == BODIES[-1]
+    batch.json = []  # as the VCF mapping process sends it
+    assert [batch.served(k) for k in range(3)] == BODIES and batch.served(-1) == BODIES[-1]
 
 
 def test_the_shipped_dictionary_makes_a_variant_observation_small() -> None:
