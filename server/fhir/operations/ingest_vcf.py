@@ -471,8 +471,8 @@ def count_records(path: str | os.PathLike[str]) -> int:
 # mapping and the store's writes then run on two cores (threads would share one: both are Python).
 # The worker is forked, so it starts with the parsed header, the registry and the indexer's state;
 # it sends each batch as the rows the tables get (a FreshBatch: plain tuples, cheap to pickle, the
-# JSON already encoded as the history table keeps it, and only so: a tenth of the bytes, measured
-# 0.7 s faster on the exome, the writer being the slower half) and never touches the store, so that
+# JSON already encoded as the history table keeps it, and only so: a tenth of the bytes, about 7 %
+# faster on the exome, the writer being the slower half) and never touches the store, so that
 # the writer, when the batch's resources are new, only hands the rows to the database
 # (WriteTx.insert_fresh).
 
