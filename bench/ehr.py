@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sql_floor import recording, replay, table_rows  # noqa: E402  # bench/ is on sys.path as the script's folder
+from sql_floor import floor_of  # noqa: E402  # bench/ is on sys.path as the script's folder
 
 from mappers.hl7v2 import map_stream  # noqa: E402  # after the path setup, as for every bench script
 from server import create_app  # noqa: E402
@@ -135,15 +135,11 @@ def floor(folder: Path, feed: Path, messages: int, workers: int) -> None:
     app = create_app(Config(database_url=f"sqlite:///{folder}/floor.sqlite", cache_enabled=False, log_level="WARNING"))
     ctx = app.extensions["bigmed"]
     try:
-        with recording(ctx.store, folder) as rec, feed.open("rb") as fh:
-            report = ingest_hl7(ctx, [(feed.name, fh)], workers=workers)
-        stored = table_rows(ctx.store)
+        with feed.open("rb") as fh:
+            report, result = floor_of(ctx.store, folder, lambda: ingest_hl7(ctx, [(feed.name, fh)], workers=workers))
     finally:
         ctx.store.close()
     assert report.stored == messages, report.summary()
-    result = replay(rec)
-    rec.start.unlink()
-    assert result.rows == stored, f"the replay left {result.rows} rows, the ingestion {stored}"
     print(
         f"  SQLite statements alone (replayed without Python, bench/sql_floor.py): {result.wall:.2f} s "
         f"({result.cpu:.2f} s CPU) = {result.wall / messages * 1e3:.2f} ms per message, "

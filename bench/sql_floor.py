@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from server.store.sqlite import SqliteStore
 
-__all__ = ["Floor", "Recording", "recording", "replay", "table_rows"]
+T = TypeVar("T")
+
+__all__ = ["Floor", "Recording", "floor_of", "recording", "replay", "table_rows"]
 
 
 @dataclass
@@ -127,6 +129,20 @@ def replay(rec: Recording) -> Floor:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{copy}{suffix}").unlink(missing_ok=True)
     return Floor(cpu, wall, by_statement, rows)
+
+
+def floor_of(store: SqliteStore, folder: Path, run: Callable[[], T]) -> tuple[T, Floor]:
+    """``run()``'s result, and the floor of what it wrote: recorded, replayed, and checked to leave
+    the rows ``run`` left in every table (the copy of the starting database is deleted after)."""
+    with recording(store, folder) as rec:
+        result = run()
+    try:
+        stored = table_rows(store)
+        floor = replay(rec)
+    finally:
+        rec.start.unlink()
+    assert floor.rows == stored, f"the replay left {floor.rows} rows, the recorded run {stored}"
+    return result, floor
 
 
 def table_rows(store: SqliteStore) -> dict[str, int]:

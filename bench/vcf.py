@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from cyvcf2 import VCF  # noqa: E402  # after the path setup, as for every bench script
 from ehr import cpu_seconds  # noqa: E402  # bench/ is on sys.path as the script's folder
-from sql_floor import Floor, recording, replay, table_rows  # noqa: E402
+from sql_floor import Floor, floor_of  # noqa: E402
 
 from mappers import genomics_codes as gc  # noqa: E402
 from server import create_app  # noqa: E402
@@ -176,14 +176,11 @@ def bench_floor(folder: Path, path: Path, workers: int) -> tuple[int, Floor]:
     backend = Backend("sqlite", folder)
     try:
         crud.update(backend.ctx, "Patient", "bench", {"resourceType": "Patient", "id": "bench"})
-        with recording(backend.ctx.store, folder) as rec:
-            result = ingest.ingest_vcf(backend.ctx, path, "bench", workers=workers)
-        stored = table_rows(backend.ctx.store)
+        result, floor = floor_of(
+            backend.ctx.store, folder, lambda: ingest.ingest_vcf(backend.ctx, path, "bench", workers=workers)
+        )
     finally:
         backend.close()
-    floor = replay(rec)
-    rec.start.unlink()
-    assert floor.rows == stored, f"the replay left {floor.rows} rows, the ingestion {stored}"
     return result.report.variants, floor
 
 

@@ -55,3 +55,16 @@ def test_replay_leaves_the_rows_the_recorded_ingestions_left(sqlite_url: str, tm
     assert kinds <= floor.by_statement.keys()
     assert floor.wall > 0 and floor.cpu > 0
     assert not list(tmp_path.glob("*-replay.sqlite*"))  # the replayed copy is gone
+
+
+def test_floor_of_returns_the_run_s_result_and_checks_the_replay(sqlite_url: str, tmp_path: Path) -> None:
+    app = make_app(sqlite_url)
+    ctx: Any = app.extensions["bigmed"]
+    try:
+        feeds = [(p.name, p.read_bytes()) for p in sorted(HL7.glob("*.hl7"))]
+        report, floor = sql_floor.floor_of(ctx.store, tmp_path, lambda: ingest_hl7(ctx, feeds))
+        assert report.stored
+        assert floor.rows == sql_floor.table_rows(ctx.store) and floor.rows["resources"] > 0
+    finally:
+        ctx.store.close()
+    assert not list(tmp_path.glob("floor-start-*"))  # the starting copy is gone too
