@@ -7,7 +7,9 @@ and transactions, on a fresh copy opened as the server opens a database (same pr
 mapping, indexing, serialising or writer code in between. What that takes is what SQLite itself
 needs for the write set on this machine: no Python front end, however fast, can store the same
 rows faster on one writer, so ``units / wall seconds`` is the ceiling of the current storage
-layout. Used by bench/vcf.py (per variant) and bench/ehr.py (per message).
+layout. Used by bench/vcf.py (per variant) and bench/ehr.py (per message). As in the server,
+the WAL's checkpoints are left to the store's background thread (:mod:`server.store.wal`): a
+``COMMIT`` here is the write of the log, not the copy into the database file that follows it.
 
 The recording holds every row in memory (about 1 GB for a 100,000-row exome) and slows the
 recorded run: it is a run of its own, never the timed one.
@@ -89,6 +91,8 @@ def _kind(sql: str) -> str:
 @contextmanager
 def recording(store: SqliteStore, folder: Path) -> Iterator[Recording]:
     """Record the statements ``store``'s writer connection runs in the block (a SQLite store)."""
+    if store.checkpointer is not None:
+        store.checkpointer.wait()
     with store._write_lock:  # no write transaction in flight
         busy, _, _ = store._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:

@@ -7,6 +7,10 @@ and given back as the exact bytes written.
 writers are serialised across threads (a process lock) and across gunicorn worker processes
 (SQLite's own lock, waited on with ``busy_timeout``); a conditional create's search and insert
 therefore run under one lock and cannot race. Readers never block the writer (WAL).
+
+The WAL of a file database is checkpointed by a background thread, not by the committing
+connection (:mod:`server.store.wal`): a large transaction's ``COMMIT`` does not wait for its
+pages to be copied into the database file.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from server.store.sql import Cursor, SqlStoreBase, SqlWriteTx
+from server.store.wal import Checkpointer
 
 __all__ = ["SqliteStore"]
 
@@ -46,7 +51,12 @@ class SqliteStore(SqlStoreBase):
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._writer = self._connect()
-        self._writer.execute("PRAGMA journal_mode=WAL")
+        mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        #: the WAL's checkpoints (None for an in-memory database: it has no WAL)
+        self.checkpointer: Checkpointer | None = None
+        if str(mode).lower() == "wal":
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
+            self.checkpointer = Checkpointer(self._connect)
         with self._write_lock:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
@@ -106,6 +116,8 @@ class SqliteStore(SqlStoreBase):
                 cur.execute("ROLLBACK")
                 raise
             cur.execute("COMMIT")
+            if self.checkpointer is not None:
+                self.checkpointer.committed(self._writer.total_changes)
 
     def reset(self) -> None:
         with self.transaction() as tx:
@@ -115,6 +127,8 @@ class SqliteStore(SqlStoreBase):
 
     def close(self) -> None:
         self._run_close_hooks()
+        if self.checkpointer is not None:
+            self.checkpointer.close()  # the writer, closing last, checkpoints what is left
         with self._write_lock:  # never under a running write (a background writer thread's): that crashes sqlite3
             self._writer.close()
         conn = getattr(self._local, "conn", None)
