@@ -96,6 +96,7 @@ __all__ = [
     "fallback_expressions",
     "fhirpath_values",
     "normalize_string",
+    "parse_reference",
     "reference_target",
     "reference_type",
     "root_composites",
@@ -210,7 +211,8 @@ def reference_target(reference: str) -> tuple[str | None, str | None]:
     return _targets[reference]
 
 
-def _reference_target(reference: str) -> tuple[str | None, str | None]:
+def parse_reference(reference: str) -> tuple[str | None, str | None]:
+    """:func:`reference_target` without its memo (for references that do not repeat)."""
     if reference.startswith(("urn:", "#")):
         return None, None
     m = _REFERENCE.search(reference)
@@ -219,7 +221,7 @@ def _reference_target(reference: str) -> tuple[str | None, str | None]:
     return m.group(1), m.group(2)
 
 
-_targets = _Memo(_reference_target)
+_targets = _Memo(parse_reference)
 
 
 def reference_type(value: Any) -> str | None:

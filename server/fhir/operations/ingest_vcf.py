@@ -90,7 +90,14 @@ from server.fhir.operations.variant_ranges import TABLE as RANGE_TABLE
 from server.fhir.operations.variant_ranges import RangeRow, bin_of, ranges_of
 from server.fhir.report import WriteCounts
 from server.fhir.resource import check_id, instant
-from server.search.extract import IndexRows, extractor_for, normalize_string, reference_target, reference_type
+from server.search.extract import (
+    IndexRows,
+    extractor_for,
+    normalize_string,
+    parse_reference,
+    reference_target,
+    reference_type,
+)
 from server.search.registry import Registry
 from server.store import content as stored_content
 from server.store.base import INDEX_TABLES, FreshBatch, StoredResource, WriteTx
@@ -259,6 +266,21 @@ def _observation_rows(resource: dict[str, Any]) -> IndexRows:
     return rows
 
 
+def _result_rows(rows: IndexRows, results: list[Any]) -> None:
+    """:func:`_references` of a genomic report's ``result`` list: a result that is only a literal
+    reference (``{"reference": "Observation/…"}``, all the mapper makes) in one step, without
+    the memo tables of :func:`_reference_rows` (every reference is another)."""
+    out = rows.reference
+    for item in results:
+        ref = item.get("reference") if item.__class__ is dict and len(item) == 1 else None
+        if ref.__class__ is str and ref and ref[0] != "#":
+            target_type, target_id = parse_reference(ref)
+            if target_type is not None:
+                out.append(("result", target_type, target_id, ref))
+                continue
+        _reference_rows(rows, "result", item)
+
+
 def _plain_reference_rows(out: list[tuple[Any, ...]], code: str, reference: str) -> None:
     """The reference rows of ``{"reference": reference}`` (a facts' subject)."""
     rows = IndexRows()
@@ -295,6 +317,10 @@ _FAST: dict[str, Callable[[dict[str, Any]], IndexRows]] = {
     "Observation": _observation_rows,
     "MolecularSequence": _sequence_rows,
 }
+
+
+#: results of a genomic report indexed by the search registry's extractor, as the check of the rest
+_CHECKED_RESULTS = 3
 
 
 def _same_rows(a: Any, b: Any) -> bool:
@@ -339,6 +365,8 @@ class Indexer:
         return self._walked(type_, resource)
 
     def _walked(self, type_: str, resource: dict[str, Any]) -> IndexRows:
+        if type_ == "DiagnosticReport" and self.fast:
+            return self._report_rows(resource)
         fast = _FAST.get(type_)
         if fast is None or not self.fast:
             return self.generic(resource)
@@ -358,6 +386,30 @@ class Indexer:
                 self.fast = False
                 return expected
             self._checked.add(kind)
+        return rows
+
+    def _report_rows(self, report: dict[str, Any]) -> IndexRows:
+        """The genomic report's rows: the registry's extractor on the report without its results,
+        and a ``result`` reference row per result (one per variant: the extractor took ~2.7 µs
+        for each, a quarter of a second for an exome's report, while the writer waited). Checked
+        on every report: the extractor's rows of the report with its first few results must be
+        those of the report without them plus those results' rows."""
+        results = report.get("result")
+        if results.__class__ is not list or len(results) <= _CHECKED_RESULTS:
+            return self.generic(report)
+        rows = self.generic({**report, "result": []})
+        few = results[:_CHECKED_RESULTS]
+        expected = self.generic({**report, "result": few})
+        _references(rows, "result", few)
+        if not _same_rows(rows, expected):
+            log.warning(
+                "the rows of a DiagnosticReport's results differ from the search registry's (a SearchParameter "
+                "changed?): this ingestion uses the generic extractor; update server/fhir/operations/ingest_vcf.py"
+            )
+            self.fast = False
+            return self.generic(report)
+        _result_rows(rows, results[_CHECKED_RESULTS:])
+        rows.dedupe()
         return rows
 
     def ranges(self, resource: dict[str, Any], facts: VariantFacts | None = None) -> list[RangeRow]:

@@ -405,6 +405,63 @@ def test_fast_index_falls_back_when_a_parameter_changes(app: Any, caplog: pytest
     assert ("gene", None, "CYP2C19", None) not in rows.token
 
 
+def _rows_by_table(rows: Any) -> dict[str, list[str]]:
+    return {table: sorted(map(repr, getattr(rows, table))) for table in INDEX_TABLES}
+
+
+def test_report_results_are_indexed_as_the_registry_does(app: Any) -> None:
+    """A genomic report's result rows (made in one loop, not by the extractor) equal the extractor's,
+    whatever shape a result has: a plain literal reference, one with a display, an identifier only,
+    a contained or urn: reference, the same result twice."""
+    ctx = _ctx(app)
+    report = next(r for r in map_vcf(VEP, "p1").resources() if r["resourceType"] == "DiagnosticReport")
+    assert len(report["result"]) > 3
+    report["result"] = [
+        *report["result"],
+        {"reference": "Observation/with-display", "display": "a result"},
+        {"identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:uuid:6f1c2d9e-5a7b-4c3d-9e8f-0a1b2c3d4e5f"}},
+        {"reference": "#contained"},
+        {"reference": "urn:uuid:6f1c2d9e-5a7b-4c3d-9e8f-0a1b2c3d4e5f", "type": "Observation"},
+        {"reference": "http://other.example/fhir/Observation/abc"},
+        report["result"][-1],
+    ]
+    indexer = ingest.Indexer(ctx.registry)
+    rows = indexer(report)
+    assert indexer.fast
+    assert _rows_by_table(rows) == _rows_by_table(extractor_for("DiagnosticReport", ctx.registry)(report))
+    assert ("result", "Observation", "abc", "http://other.example/fhir/Observation/abc") in rows.reference
+
+
+def test_report_results_fall_back_when_the_result_parameter_changes(app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """When the registry's ``result`` parameter no longer gives one row per result, the report is
+    indexed by the extractor (with a warning), not by the one-row-per-result loop."""
+    from server.search.registry import Registry, parse_search_parameter
+
+    ctx = _ctx(app)
+    report = next(r for r in map_vcf(VEP, "p1").resources() if r["resourceType"] == "DiagnosticReport")
+    changed = []
+    for p in ctx.registry.all():
+        if p.code == "result" and "DiagnosticReport" in p.base:
+            definition = {
+                "url": p.url,
+                "code": p.code,
+                "base": list(p.base),
+                "type": p.type,
+                "target": list(p.target),
+                "expression": "DiagnosticReport.result.first()",
+            }
+            changed.append(parse_search_parameter(definition))
+        else:
+            changed.append(p)
+    registry = Registry(changed, ctx.registry.types)
+    indexer = ingest.Indexer(registry)
+    rows = indexer(report)
+    assert not indexer.fast and "results differ from the search registry" in caplog.text
+    assert [r for r in rows.reference if r[0] == "result"] == [
+        ("result", "Observation", report["result"][0]["reference"][12:], report["result"][0]["reference"])
+    ]
+
+
 def test_mapping_process_ends_unexpectedly(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A mapping process that dies says so (with its exit code); nothing is written."""
     ctx = _ctx(app)
