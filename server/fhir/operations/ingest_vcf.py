@@ -92,6 +92,7 @@ from server.fhir.report import WriteCounts
 from server.fhir.resource import check_id, instant
 from server.search.extract import (
     IndexRows,
+    Row,
     extractor_for,
     normalize_string,
     parse_reference,
@@ -437,20 +438,38 @@ class Indexer:
         )
         self.facts = False
 
+    def tables(self, resource: dict[str, Any], facts: VariantFacts | None = None) -> Sequence[tuple[str, list[Row]]]:
+        """:meth:`__call__`'s rows as (index table, rows) pairs, the empty tables left out: what a
+        batch takes (a checked sequence variant's straight from the facts, no :class:`IndexRows`)."""
+        type_ = resource["resourceType"]
+        if facts is not None and self.facts and ("facts", type_) in self._checked:
+            token, reference = self._fact_rows(type_, resource, facts)
+            return (("token", token), ("reference", reference))
+        rows = self(resource, facts)
+        return [(table, found) for table in INDEX_TABLES if (found := getattr(rows, table))]
+
     def _from_facts(self, type_: str, resource: dict[str, Any], facts: VariantFacts) -> IndexRows:
-        rows = IndexRows()
+        token, reference = self._fact_rows(type_, resource, facts)
+        return IndexRows(token=list(token), reference=list(reference))  # the shared lists stay as made
+
+    def _fact_rows(self, type_: str, resource: dict[str, Any], facts: VariantFacts) -> tuple[list[Row], list[Row]]:
+        """(token rows, reference rows) of a sequence variant's MolecularSequence or Observation."""
         if type_ == "MolecularSequence":
-            rows.token = list(self._of_shared("referenceseqid", facts.accession, _concept_rows))
-            rows.reference = list(self._of_shared("patient", facts.subject, _plain_reference_rows))
-            return rows
-        token = rows.token = list(self._of_shared("code", resource["code"], _concept_rows))
-        token += self._of_shared("chromosome", facts.chromosome, _concept_rows)
+            return (
+                self._of_shared("referenceseqid", facts.accession, _concept_rows),
+                self._of_shared("patient", facts.subject, _plain_reference_rows),
+            )
+        token = self._of_shared("code", resource["code"], _concept_rows) + self._of_shared(
+            "chromosome", facts.chromosome, _concept_rows
+        )
         if facts.gene is not None:
             token += self._of_shared("gene", facts.gene, _gene_rows)
-        reference = rows.reference = list(self._of_shared("subject", facts.subject, _plain_reference_rows))
         sequence = facts.sequence
-        reference.append(("derived-from", "MolecularSequence", sequence[18:], sequence))
-        return rows
+        reference = [
+            *self._of_shared("subject", facts.subject, _plain_reference_rows),
+            ("derived-from", "MolecularSequence", sequence[18:], sequence),
+        ]
+        return token, reference
 
     def _of_shared(
         self, code: str, value: Any, make: Callable[[list[tuple[Any, ...]], str, Any], None]
@@ -552,13 +571,13 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[F
             batch = _fresh(ts)
             index = batch.index
         k = len(batch.keys)
-        rows = indexer(resource, facts)
-        for table in INDEX_TABLES:
-            found = getattr(rows, table)
-            if found:  # (k, type, param, *values[, grp]): the store's own rows, k where the rid goes
-                index[table].extend(index_params(k, type_, table, found))
+        for table, found in indexer.tables(resource, facts):
+            # (k, type, param, *values[, grp]): the store's own rows, k where the rid goes
+            index[table].extend(index_params(k, type_, table, found))
         if type_ == "Observation":
-            batch.derived[RANGE_TABLE].extend((k, *r) for r in indexer.ranges(resource, facts))
+            ranges = batch.derived[RANGE_TABLE]
+            for r in indexer.ranges(resource, facts):
+                ranges.append((k, *r))
         # resource.stamp() for version 1 at ts, without formatting ts again for every resource
         meta = resource.get("meta")
         meta = dict(meta) if meta.__class__ is dict else {}

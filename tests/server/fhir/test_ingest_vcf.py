@@ -349,6 +349,9 @@ def test_fast_index_rows_equal_the_search_registrys(app: Any, path: Path) -> Non
                     table,
                     resource["id"],
                 )
+        # and as a batch takes them: (table, rows) of the tables with rows
+        tables = {table: sorted(map(repr, rows)) for table, rows in indexer.tables(resource, facts)}
+        assert tables == {t: rows for t, rows in _rows_by_table(expected).items() if rows}, resource["id"]
         if type_ == "Observation":
             assert indexer.ranges(resource, facts) == ranges_of(resource), resource["id"]
         kinds[type_] += 1
