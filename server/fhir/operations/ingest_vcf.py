@@ -30,7 +30,9 @@ this module stores the result. It is the bulk path for genomic data:
   compared with what is stored and written through ``put_many``, the bulk loader's path
   (:mod:`server.fhir.load`); a test checks that both leave the same tables. With ``workers=1``
   (the CLI's default on 2+ cores) a forked process maps, indexes, serialises and encodes the
-  next batch while this one writes (threads would not overlap: both halves hold the GIL).
+  next batch while this one writes (threads would not overlap: both halves hold the GIL). The
+  genomic report, which lists every Observation, comes last; its ``result`` rows travel ahead in
+  the batches of those Observations (:class:`_Batch`), so that the writer does not wait for them.
 - **Only what is searched is indexed** (:data:`INDEXED`): ingested Observations get the rows of
   ``subject``, ``patient``, ``code``, ``gene``, ``chromosome``, ``derived-from`` and ``focus``;
   MolecularSequences those of ``patient`` and ``referenceseqid``; the DiagnosticReport every
@@ -392,26 +394,49 @@ class Indexer:
     def _report_rows(self, report: dict[str, Any]) -> IndexRows:
         """The genomic report's rows: the registry's extractor on the report without its results,
         and a ``result`` reference row per result (one per variant: the extractor took ~2.7 µs
-        for each, a quarter of a second for an exome's report, while the writer waited). Checked
-        on every report: the extractor's rows of the report with its first few results must be
-        those of the report without them plus those results' rows."""
+        for each, a quarter of a second for an exome's report, while the writer waited)."""
         results = report.get("result")
-        if results.__class__ is not list or len(results) <= _CHECKED_RESULTS:
+        rows = self._without_results(report) if isinstance(results, list) else None
+        if rows is None:
             return self.generic(report)
+        _result_rows(rows, report["result"])
+        rows.dedupe()
+        return rows
+
+    def _without_results(self, report: dict[str, Any]) -> IndexRows | None:
+        """The extractor's rows of a report without its results, when a ``result`` reference row per
+        result is what it makes of them. Checked on every report: its rows of the report with the
+        first few results must be those without them plus those results' rows; when they are not,
+        None (and :attr:`fast` off, with a warning). None also for a report of few results."""
+        results = report["result"]
+        if len(results) <= _CHECKED_RESULTS:
+            return None
         rows = self.generic({**report, "result": []})
         few = results[:_CHECKED_RESULTS]
         expected = self.generic({**report, "result": few})
-        _references(rows, "result", few)
-        if not _same_rows(rows, expected):
-            log.warning(
-                "the rows of a DiagnosticReport's results differ from the search registry's (a SearchParameter "
-                "changed?): this ingestion uses the generic extractor; update server/fhir/operations/ingest_vcf.py"
-            )
-            self.fast = False
-            return self.generic(report)
-        _result_rows(rows, results[_CHECKED_RESULTS:])
-        rows.dedupe()
-        return rows
+        both = IndexRows(**{t: list(getattr(rows, t)) for t in INDEX_TABLES})
+        _references(both, "result", few)
+        if _same_rows(both, expected):
+            return rows
+        log.warning(
+            "the rows of a DiagnosticReport's results differ from the search registry's (a SearchParameter "
+            "changed?): this ingestion uses the generic extractor; update server/fhir/operations/ingest_vcf.py"
+        )
+        self.fast = False
+        return None
+
+    def report_without_results(self, report: dict[str, Any], sent: list[str]) -> list[tuple[str, list[Row]]] | None:
+        """:meth:`tables` of a genomic report whose ``result`` rows were sent ahead (:class:`_Batch`):
+        its rows without them, when its results are exactly the references ``sent`` (in order,
+        each a plain literal reference) and checked as :meth:`_without_results` does; else None
+        (its rows are then made whole, results included)."""
+        results = report.get("result")
+        if not self.fast or results.__class__ is not list or len(results) != len(sent):
+            return None
+        if [r.get("reference") if r.__class__ is dict and len(r) == 1 else None for r in results] != sent:
+            return None
+        rows = self._without_results(report)
+        return None if rows is None else [(t, found) for t in INDEX_TABLES if (found := getattr(rows, t))]
 
     def ranges(self, resource: dict[str, Any], facts: VariantFacts | None = None) -> list[RangeRow]:
         """The resource's ``variant_range`` rows (:func:`ranges_of`, from the facts when given)."""
@@ -552,16 +577,36 @@ _ERROR = "error"
 _BATCH = "batch"
 
 
-def _fresh(ts: float) -> FreshBatch:
-    return FreshBatch(ts, "PUT", [], [], [], {table: [] for table in INDEX_TABLES}, {RANGE_TABLE: []})
+@dataclass(slots=True)
+class _Batch(FreshBatch):
+    """A prepared batch, and the genomic report's ``result`` rows of its Observations sent ahead.
+
+    The report lists every Observation and comes last, alone in its batch: its ``result`` rows
+    (one per Observation, 94,929 for the exome) made at the end kept the writer waiting about
+    0.2 s (made, pickled, sent). So each batch carries in :attr:`ahead` the rows of its
+    Observations, ``(0, "DiagnosticReport", "result", target type, target id, reference)``,
+    numbered as the report's own batch numbers it; the writer keeps them until the report's
+    batch comes, whose :attr:`uses_ahead` says whether its own rows leave them out (the report's
+    results were exactly those Observations, :meth:`Indexer.report_without_results`) or not
+    (the rows sent ahead are then dropped).
+    """
+
+    ahead: list[tuple[Any, ...]] = field(default_factory=list)
+    uses_ahead: bool = False
 
 
-def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[FreshBatch]:
-    """The mapper's resources stamped as version 1 at ``ts``, in batches of table rows (FreshBatch)."""
+def _fresh(ts: float) -> _Batch:
+    return _Batch(ts, "PUT", [], [], [], {table: [] for table in INDEX_TABLES}, {RANGE_TABLE: []})
+
+
+def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[_Batch]:
+    """The mapper's resources stamped as version 1 at ``ts``, in batches of table rows (FreshBatch),
+    with the report's rows of each batch's Observations sent ahead (:class:`_Batch`)."""
     batch = _fresh(ts)
     size = max(BATCH // 8, 1)  # the writer waits for the first batch: small ones first, then BATCH
     last_updated = instant(ts)
     index = batch.index
+    sent: list[str] = []  # the references whose report rows went ahead
     for resource, facts in mapping.items():
         type_ = resource["resourceType"]
         if type_ == "DiagnosticReport" and batch.keys:
@@ -571,13 +616,18 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[F
             batch = _fresh(ts)
             index = batch.index
         k = len(batch.keys)
-        for table, found in indexer.tables(resource, facts):
+        pairs = indexer.report_without_results(resource, sent) if type_ == "DiagnosticReport" else None
+        batch.uses_ahead = pairs is not None
+        for table, found in pairs if pairs is not None else indexer.tables(resource, facts):
             # (k, type, param, *values[, grp]): the store's own rows, k where the rid goes
             index[table].extend(index_params(k, type_, table, found))
         if type_ == "Observation":
             ranges = batch.derived[RANGE_TABLE]
             for r in indexer.ranges(resource, facts):
                 ranges.append((k, *r))
+            ref = "Observation/" + resource["id"]
+            batch.ahead.append((0, "DiagnosticReport", "result", *parse_reference(ref), ref))
+            sent.append(ref)
         # resource.stamp() for version 1 at ts, without formatting ts again for every resource
         meta = resource.get("meta")
         meta = dict(meta) if meta.__class__ is dict else {}
@@ -594,7 +644,7 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[F
     yield _sealed(batch)
 
 
-def _sealed(batch: FreshBatch) -> FreshBatch:
+def _sealed(batch: _Batch) -> _Batch:
     """``batch`` with the stored contents of its JSON, compressed all at once (``content.compress_many``:
     about half the cost of compressing each resource as it is made)."""
     batch.content = stored_content.compress_many(batch.json)
@@ -616,7 +666,7 @@ def _worker(conn: Connection, mapping: VcfMapping, indexer: Indexer, ts: float) 
         conn.close()
 
 
-def _batches(mapping: VcfMapping, indexer: Indexer, ts: float, workers: int) -> Iterator[tuple[FreshBatch, int]]:
+def _batches(mapping: VcfMapping, indexer: Indexer, ts: float, workers: int) -> Iterator[tuple[_Batch, int]]:
     """The prepared batches with the records read so far; mapper errors are raised here."""
     if workers <= 0:
         for batch in _prepare_all(mapping, indexer, ts):
@@ -803,8 +853,13 @@ def _store(
         report_id: str | None = None
         last: StoredResource | None = None
         report_created = False
+        ahead: list[tuple[Any, ...]] = []  # the report's rows sent ahead of it (_Batch)
         for batch, records in _batches(mapping, indexer, ts, workers):
+            ahead += batch.ahead
             if batch.keys and batch.keys[-1][0] == "DiagnosticReport":  # the mapper's last resource
+                if batch.uses_ahead:
+                    batch.index["reference"] += ahead
+                ahead = []
                 report_id = batch.keys[-1][1]
                 _delete_orphans(tx, report_id, batch.served(-1), ts, counts)
             written = _write_batch(tx, batch, meta, counts)

@@ -465,6 +465,65 @@ def test_report_results_fall_back_when_the_result_parameter_changes(app: Any, ca
     ]
 
 
+def _report_result_rows(indexer: Any, report: dict[str, Any]) -> list[str]:
+    """The report's ``result`` rows as a batch holds them (numbered 0), comparable."""
+    rows = [r for r in indexer(report).reference if r[0] == "result"]
+    return sorted(map(repr, index_params(0, "DiagnosticReport", "reference", rows)))
+
+
+def test_report_rows_go_ahead_with_the_observations(app: Any) -> None:
+    """Each batch carries the report's ``result`` rows of its Observations; the report's own batch
+    then leaves them out, and together they are the report's rows."""
+    ctx = _ctx(app)
+    mapping = map_vcf(shared(HG00404), "p1")
+    indexer = ingest.Indexer(ctx.registry)
+    batches = list(ingest._prepare_all(mapping, indexer, 1.0))
+    *variants, last = batches
+    assert last.uses_ahead and not last.ahead
+    assert not [r for r in last.index["reference"] if r[2] == "result"]
+    observations = sum(1 for b in variants for type_, _ in b.keys if type_ == "Observation")
+    ahead = [row for b in variants for row in b.ahead]
+    assert len(ahead) == observations > 3
+    report = jsonio.loads(last.served(0))
+    assert sorted(map(repr, ahead)) == _report_result_rows(ingest.Indexer(ctx.registry), report)
+
+
+def test_report_rows_are_made_whole_when_its_results_differ(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report that does not list exactly the Observations before it (a mapper changed) gets its
+    ``result`` rows in its own batch, and the rows sent ahead are dropped: the stored rows are the
+    report's."""
+    from mappers.vcf import VcfMapping
+
+    real = VcfMapping.items
+
+    def drops_a_result(self: Any) -> Any:
+        for resource, facts in real(self):
+            if resource["resourceType"] == "DiagnosticReport":
+                resource["result"] = resource["result"][1:]
+            yield resource, facts
+
+    monkeypatch.setattr(VcfMapping, "items", drops_a_result)
+    ctx = _ctx(app)
+    batches = list(ingest._prepare_all(map_vcf(shared(HG00404), "p1"), ingest.Indexer(ctx.registry), 1.0))
+    report = jsonio.loads(batches[-1].served(0))
+    assert not batches[-1].uses_ahead
+    assert sorted(map(repr, (r for r in batches[-1].index["reference"] if r[2] == "result"))) == (
+        _report_result_rows(ingest.Indexer(ctx.registry), report)
+    )
+    for workers, patient in ((0, "p1"), (1, "p2")):  # in this process, and from a mapping process
+        _patient(ctx, patient)
+        result = ingest.ingest_vcf(ctx, shared(HG00404), patient, workers=workers)
+        assert result.report_created
+        stored = ctx.store.query(
+            "SELECT x.target_type, x.target_id FROM idx_reference x JOIN resources r ON r.rid = x.rid "
+            "WHERE r.res_type = 'DiagnosticReport' AND r.res_id = ? AND x.param = 'result'",
+            (result.diagnostic_report.id,),
+        )
+        expected = jsonio.loads(result.diagnostic_report.content or b"")["result"]
+        assert sorted(f"{t}/{i}" for t, i in stored) == sorted(r["reference"] for r in expected)
+        assert len(stored) == len(expected) == len(report["result"])
+
+
 def test_mapping_process_ends_unexpectedly(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A mapping process that dies says so (with its exit code); nothing is written."""
     ctx = _ctx(app)
