@@ -616,8 +616,10 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[_
             batch = _fresh(ts)
             index = batch.index
         k = len(batch.keys)
-        pairs = indexer.report_without_results(resource, sent) if type_ == "DiagnosticReport" else None
-        batch.uses_ahead = pairs is not None
+        pairs = None
+        if type_ == "DiagnosticReport":  # k is 0: it starts a batch
+            pairs = indexer.report_without_results(resource, sent)
+            batch.uses_ahead = pairs is not None
         for table, found in pairs if pairs is not None else indexer.tables(resource, facts):
             # (k, type, param, *values[, grp]): the store's own rows, k where the rid goes
             index[table].extend(index_params(k, type_, table, found))
