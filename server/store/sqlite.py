@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
+from server.store import wal
 from server.store.sql import Cursor, SqlStoreBase, SqlWriteTx
-from server.store.wal import Checkpointer
 
 __all__ = ["SqliteStore"]
 
@@ -53,10 +53,10 @@ class SqliteStore(SqlStoreBase):
         self._writer = self._connect()
         mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         #: the WAL's checkpoints (None for an in-memory database: it has no WAL)
-        self.checkpointer: Checkpointer | None = None
+        self.checkpointer: wal.Checkpointer | None = None
         if str(mode).lower() == "wal":
             self._writer.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
-            self.checkpointer = Checkpointer(self._connect)
+            self.checkpointer = wal.Checkpointer(self._connect)
         with self._write_lock:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
@@ -71,6 +71,7 @@ class SqliteStore(SqlStoreBase):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=60000")
         conn.execute("PRAGMA cache_size=-65536")
+        conn.execute(f"PRAGMA journal_size_limit={int(wal.LOG_BYTES)}")  # the WAL file shrinks back
         return conn
 
     @contextmanager

@@ -22,6 +22,11 @@ releases the GIL while SQLite copies, so it runs on another core). What does not
 - the end: closing the store stops the thread, and the last connection to close checkpoints what
   is left and removes the WAL (SQLite does this whatever ``wal_autocheckpoint`` says).
 
+The log file keeps the size of the largest transaction it held (a genome's ingestion writes
+gigabytes in one) unless told otherwise: the store's connections set ``journal_size_limit`` to
+:data:`LOG_BYTES`, so that the writer truncates it when it starts the log over after a complete
+checkpoint (https://sqlite.org/pragma.html#pragma_journal_size_limit).
+
 The thread starts on the first checkpoint asked for in a process (a forked child does not inherit
 it, so it starts its own should it write) and ends after :data:`IDLE_SECONDS` without work,
 closing its connection; a store that is never closed therefore keeps no thread or file open.
@@ -36,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["COMMITS", "IDLE_SECONDS", "ROWS", "Checkpointer"]
+__all__ = ["COMMITS", "IDLE_SECONDS", "LOG_BYTES", "ROWS", "Checkpointer"]
 
 #: rows committed since the last checkpoint that ask for the next (an API write changes ~10-30)
 ROWS = 5000
@@ -44,6 +49,8 @@ ROWS = 5000
 COMMITS = 200
 #: seconds the thread waits for work before it ends (and closes its connection)
 IDLE_SECONDS = 30.0
+#: size the WAL file is truncated to when the writer starts it over (``journal_size_limit``)
+LOG_BYTES = 64 << 20
 
 log = logging.getLogger(__name__)
 

@@ -108,6 +108,24 @@ def test_closing_the_store_stops_the_thread_and_empties_the_wal(tmp_path: Path) 
     assert not thread.is_alive()
 
 
+def test_the_wal_file_shrinks_back_after_a_large_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wal, "LOG_BYTES", 256 << 10)
+    store = SqliteStore(f"sqlite:///{tmp_path}/large.sqlite")
+    log = Path(f"{store.database}-wal")
+    try:
+        with store.transaction() as tx:
+            tx.cur.execute("CREATE TABLE t (n INTEGER, pad BLOB)")
+            tx.cur.executemany("INSERT INTO t VALUES (?, ?)", [(n, bytes(1000)) for n in range(wal.ROWS)])
+        assert log.stat().st_size > 4 << 20  # the transaction's pages
+        assert store.checkpointer is not None and store.checkpointer.wait(30)
+        with store.transaction() as tx:  # the next write starts the log over, and truncates it
+            tx.cur.execute("INSERT INTO t VALUES (-1, NULL)")
+        assert log.stat().st_size <= 256 << 10
+        assert store.query("SELECT COUNT(*) FROM t")[0][0] == wal.ROWS + 1
+    finally:
+        store.close()
+
+
 def test_an_in_memory_store_has_no_wal_to_checkpoint() -> None:
     store = SqliteStore("sqlite:///:memory:")
     try:
