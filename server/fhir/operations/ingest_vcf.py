@@ -272,19 +272,22 @@ def _observation_rows(resource: dict[str, Any]) -> IndexRows:
     return rows
 
 
+def _result_row(ref: str) -> Row:
+    """The ``result`` row of a report's result ``{"reference": ref}`` (``ref`` not empty, not ``#…``):
+    what :func:`_reference_rows` makes of it, without its memo tables (every reference is another)."""
+    return ("result", *parse_reference(ref), ref)
+
+
 def _result_rows(rows: IndexRows, results: list[Any]) -> None:
     """:func:`_references` of a genomic report's ``result`` list: a result that is only a literal
-    reference (``{"reference": "Observation/…"}``, all the mapper makes) in one step, without
-    the memo tables of :func:`_reference_rows` (every reference is another)."""
+    reference (``{"reference": "Observation/…"}``, all the mapper makes) in one step."""
     out = rows.reference
     for item in results:
         ref = item.get("reference") if item.__class__ is dict and len(item) == 1 else None
         if ref.__class__ is str and ref and ref[0] != "#":
-            target_type, target_id = parse_reference(ref)
-            if target_type is not None:
-                out.append(("result", target_type, target_id, ref))
-                continue
-        _reference_rows(rows, "result", item)
+            out.append(_result_row(ref))
+        else:
+            _reference_rows(rows, "result", item)
 
 
 def _plain_reference_rows(out: list[tuple[Any, ...]], code: str, reference: str) -> None:
@@ -631,7 +634,7 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[_
             for r in indexer.ranges(resource, facts):
                 ranges.append((k, *r))
             ref = "Observation/" + resource["id"]
-            batch.ahead.append((0, "DiagnosticReport", "result", *parse_reference(ref), ref))
+            batch.ahead.append((0, "DiagnosticReport", *_result_row(ref)))
             sent.append(ref)
         # resource.stamp() for version 1 at ts, without formatting ts again for every resource
         meta = resource.get("meta")
