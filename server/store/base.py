@@ -131,6 +131,12 @@ class WriteTx(Protocol):
     def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
         """:meth:`current` of many (type, id) at once; absent ones are left out (bulk load)."""
 
+    def any_between(self, type_: str, first: str, last: str) -> bool:
+        """True when a resource of ``type_`` (a tombstone included) has an id from ``first`` to ``last``
+        (both included, in byte order): one range of the ``(res_type, res_id)`` index, where
+        :meth:`current_many` of the ids in it looks each up (a bulk writer's check that a batch of
+        ascending ids is all new)."""
+
     def put_many(
         self, items: Sequence[tuple[StoredResource, str, Any]], compressed: Sequence[bytes | None] | None = None
     ) -> list[StoredResource]:

@@ -657,6 +657,13 @@ class SqlWriteTx:
                 out[(res.type, res.id)] = res
         return out
 
+    def any_between(self, type_: str, first: str, last: str) -> bool:
+        """:meth:`WriteTx.any_between` (``res_id`` compares in byte order on both backends: SQLite's
+        ``BINARY``, PostgreSQL's ``COLLATE "C"``)."""
+        sql = "SELECT 1 FROM resources WHERE res_type = ? AND res_id BETWEEN ? AND ? LIMIT 1"
+        self.cur.execute(self.store._sql(sql), (type_, first, last))
+        return self.cur.fetchone() is not None
+
     def _current_rows(self, type_: str, ids: Sequence[str]) -> Iterator[Sequence[Any]]:
         """The current rows (:meth:`SqlStoreBase._select_current`'s columns) of distinct ids of one type."""
         for start in range(0, len(ids), _REINDEX_CHUNK):

@@ -24,7 +24,8 @@ this module stores the result. It is the bulk path for genomic data:
   smaller, an eighth of it doubling up to it, so that the writer starts early) as the rows the
   tables get (:class:`server.store.base.FreshBatch`: index and range rows numbered by resource,
   the JSON encoded as the history table keeps it). A batch whose resources are all new (a first
-  ingestion) goes in through :meth:`server.store.base.WriteTx.insert_fresh`: one ``executemany``
+  ingestion; seen in one index range per type, :func:`_any_stored`, as the ids ascend) goes in
+  through :meth:`server.store.base.WriteTx.insert_fresh`: one ``executemany``
   (SQLite, each row's ``rid`` computed from its number in SQL) or ``COPY`` per table, nothing
   looked at per row in the writer. Otherwise (the same file again, other options) the batch is
   compared with what is stored and written through ``put_many``, the bulk loader's path
@@ -726,7 +727,7 @@ def _write_batch(tx: WriteTx, batch: FreshBatch, meta: _Meta, counts: WriteCount
     """Write a prepared batch; the last resource written (None when nothing changed)."""
     if not batch.keys:
         return None
-    current = tx.current_many(batch.keys)
+    current = tx.current_many(batch.keys) if _any_stored(tx, batch.keys) else {}
     ts = batch.ts
     if not current:  # a first ingestion: every resource is new, the rows go in as prepared
         rids = tx.insert_fresh(batch)
@@ -754,6 +755,19 @@ def _write_batch(tx: WriteTx, batch: FreshBatch, meta: _Meta, counts: WriteCount
         counts.by_type[type_] += 1
     written = tx.put_many(writes)
     return written[-1] if written else None
+
+
+def _any_stored(tx: WriteTx, keys: Sequence[tuple[str, str]]) -> bool:
+    """False when none of ``keys`` is stored (not even as a tombstone): no resource of their types has
+    an id within the range of theirs. One index range per type (:meth:`WriteTx.any_between`) where
+    ``current_many`` would look up every id (0.5 s of an exome's 11 s on PostgreSQL, 0.14 s of 5.9 on
+    SQLite); a batch's ids ascend (:class:`mappers.vcf._Ids`), so a first ingestion's ranges are
+    empty, and anything found in them (a re-ingestion) is looked up id by id as before."""
+    for type_ in {type_ for type_, _ in keys}:
+        ids = [id_ for t, id_ in keys if t == type_]
+        if tx.any_between(type_, min(ids), max(ids)):
+            return True
+    return False
 
 
 def _resources(batch: FreshBatch) -> Iterator[tuple[str, str, bytes, _Index]]:

@@ -29,7 +29,7 @@ from server.fhir.operations import ingest_vcf as ingest
 from server.fhir.operations.variant_ranges import ranges_of
 from server.search.extract import extractor_for
 from server.store.base import INDEX_TABLES
-from server.store.sql import INDEX_COLUMNS, index_params
+from server.store.sql import INDEX_COLUMNS, SqlWriteTx, index_params
 from tests.conftest import SHARED, make_app
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "vcf"
@@ -165,6 +165,9 @@ class _SeesOneMore:
     def current_many(self, keys: Any) -> Any:
         return {**self._tx.current_many(keys), ("-", "-"): None}
 
+    def any_between(self, *args: Any) -> bool:
+        return True
+
 
 def _tables(ctx: Any) -> dict[str, list[tuple[Any, ...]]]:
     """Every row a resource has in every table, with (type, id) for its internal id."""
@@ -253,6 +256,36 @@ def test_changed_mapping_updates_in_place_and_deletes_what_is_gone(app: Any, tmp
     third = ingest.ingest_vcf(ctx, VEP, "p1", regions=bed, source_class="somatic")
     assert third.updated == 4 and third.created == 0 and third.deleted == 0
     assert _count(ctx, "SELECT COUNT(*) FROM variant_range WHERE source_class = 'somatic'") == 4
+
+
+def test_a_first_ingestion_looks_up_no_id_but_finds_one_already_stored(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose id ranges hold nothing stored goes in without looking up its ids (one index
+    range per type); a resource already stored under one of its ids (here a MolecularSequence PUT
+    before the first ingestion) is found, and updated, not inserted a second time."""
+    ctx = _ctx(app)
+    _patient(ctx)
+    looked_up: list[int] = []
+    real = SqlWriteTx.current_many
+
+    def counted(tx: Any, keys: Any) -> Any:
+        looked_up.append(len(keys))
+        return real(tx, keys)
+
+    monkeypatch.setattr(SqlWriteTx, "current_many", counted)
+    first = ingest.ingest_vcf(ctx, VEP, "p1", workers=0)
+    assert looked_up == [] and first.created == sum(first.by_type.values()) > 10
+    # another patient's ingestion of the same file: its ids differ; one of them is stored already
+    _patient(ctx, "p2")
+    resources = _expected(VEP, "p2")[1]
+    sequence = [r for r in resources if r["resourceType"] == "MolecularSequence"][2]
+    crud.update(ctx, "MolecularSequence", sequence["id"], {**sequence, "readCoverage": 1})
+    second = ingest.ingest_vcf(ctx, VEP, "p2", workers=0)
+    assert looked_up and second.updated == 1 and second.created == len(resources) - 1
+    stored = crud.read(ctx, "MolecularSequence", sequence["id"])
+    assert stored.version == 2
+    assert jsonio.loads(stored.content or b"").get("readCoverage") == sequence.get("readCoverage") != 1
 
 
 def test_reingesting_after_the_id_format_changed_replaces_the_earlier_variants(app: Any) -> None:

@@ -219,6 +219,27 @@ def test_current_many_finds_each_key_once_among_many(store: Store) -> None:
     assert tombstone.deleted and tombstone.version == 2 and tombstone.content is None
 
 
+def test_any_between_sees_ids_in_byte_order_tombstones_and_own_writes(store: Store) -> None:
+    """any_between: a resource of the type with an id from first to last (both included, byte order:
+    upper case before lower, "-" before digits), a tombstone counting, another type not."""
+    _put(store, _res("m-000000010-b", 1, 1.0))
+    _put(store, _res("Zed", 1, 1.0))
+    with store.transaction() as tx:
+        assert tx.any_between("Patient", "m-000000010-b", "m-000000010-b")  # both ends included
+        assert tx.any_between("Patient", "m-000000001-a", "m-000000020-a")
+        assert not tx.any_between("Patient", "m-000000011-a", "m-000000020-a")
+        assert not tx.any_between("Patient", "m-000000001-a", "m-000000010-a")  # just before it
+        assert not tx.any_between("Observation", "a", "z")
+        assert tx.any_between("Patient", "A", "a") and not tx.any_between("Patient", "a", "l")  # "Zed" < "a"
+        assert tx.any_between("Patient", "m", "m.")  # "-" (0x2d) sorts before "." (0x2e)
+        tx.put_many([(_res("n-1", 1, 2.0), "PUT", None)])
+        assert tx.any_between("Patient", "n", "n-2")  # its own writes
+        victim = tx.current("Patient", "Zed")
+        assert victim is not None
+        tx.put_many([(StoredResource("Patient", "Zed", 2, 2.0, True, None, rid=victim.rid), "DELETE", None)])
+        assert tx.any_between("Patient", "Z", "Zz")  # a tombstone counts
+
+
 class _Lengths:
     """A derived index of the JSON length of Patients (stands in for the genomic range index)."""
 
