@@ -894,8 +894,10 @@ def _store(
         pgx_result = None
         if path is not None:  # stored in the same transaction
             found: FileCalls = reading.result() if reading is not None else calls_from_file(path, **pgx_args)
-            if counts.created + counts.updated > _FRESH_STATS_AFTER:
-                tx.refresh_statistics()  # its searches must not be planned as if the tables were empty
+            if found.skipped is None and counts.created + counts.updated > _FRESH_STATS_AFTER:
+                # the PGx search must not be planned as if the tables were empty (a file it does not
+                # call, another build or somatic, is not searched: no ANALYZE for it)
+                tx.refresh_statistics()
             pgx_result = call_in_ingest(ctx, tx, patient_id, found)
         if last is None:  # unchanged: the stored report is the current one
             last = tx.current("DiagnosticReport", report_id)

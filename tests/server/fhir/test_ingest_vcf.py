@@ -288,6 +288,24 @@ def test_a_first_ingestion_looks_up_no_id_but_finds_one_already_stored(
     assert jsonio.loads(stored.content or b"").get("readCoverage") == sequence.get("readCoverage") != 1
 
 
+def test_statistics_are_refreshed_only_for_a_file_pgx_calling_searches(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large ingestion refreshes the planner's statistics before the PGx search that follows it; a
+    file that is not PGx-called (GRCh37, somatic) is not searched, so it is not ANALYZEd either."""
+    ctx = _ctx(app)
+    _patient(ctx)
+    refreshed: list[bool] = []
+    monkeypatch.setattr(SqlWriteTx, "refresh_statistics", lambda tx: refreshed.append(True))
+    monkeypatch.setattr(ingest, "_FRESH_STATS_AFTER", 0)  # every ingestion counts as large
+    grch37 = ingest.ingest_vcf(ctx, VEP, "p1", workers=0)
+    assert grch37.pgx is not None and grch37.pgx.skipped and refreshed == []
+    somatic = ingest.ingest_vcf(ctx, PHASED, "p1", workers=0, source_class="somatic")
+    assert somatic.pgx is not None and somatic.pgx.skipped and refreshed == []
+    germline = ingest.ingest_vcf(ctx, PHASED, "p1", workers=0)
+    assert germline.pgx is not None and not germline.pgx.skipped and refreshed == [True]
+
+
 def test_reingesting_after_the_id_format_changed_replaces_the_earlier_variants(app: Any) -> None:
     """The report keeps its uuid5 id across versions of the mapper: a file ingested by an earlier
     version (variants under other ids) and ingested again has its earlier variants deleted, not
