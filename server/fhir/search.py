@@ -307,6 +307,6 @@ def _follow(ctx: FhirContext, spec: IncludeSpec, frontier: Sequence[Row]) -> lis
             by_type.setdefault(type_, []).append(id_)
     for type_, ids in by_type.items():
         for start in range(0, len(ids), _CHUNK):
-            sql, args = revinclude_sql(spec, type_, ids[start : start + _CHUNK])
+            sql, args = revinclude_sql(spec, type_, ids[start : start + _CHUNK], ctx.registry)
             out += [(int(r[0]), str(r[1]), str(r[2])) for r in ctx.store.query(sql, args)]
     return out

@@ -1276,17 +1276,48 @@ def include_sql(spec: IncludeSpec, source_rids: Sequence[int]) -> tuple[str, lis
     return sql, params
 
 
-def revinclude_sql(spec: IncludeSpec, target_type: str, target_ids: Iterable[str]) -> tuple[str, list[Any]]:
-    """``_revinclude``: current resources referring to ``target_type/target_ids``."""
+def revinclude_sql(
+    spec: IncludeSpec, target_type: str, target_ids: Iterable[str], registry: Registry
+) -> tuple[str, list[Any]]:
+    """``_revinclude``: current resources referring to ``target_type/target_ids``.
+
+    The rows are found through ``idx_reference_value`` (``param, res_type, target_id, …``; there is
+    no index by target alone, see ``server/store/schema.py``): one arm per source type (``spec``'s,
+    else every type) asking for its reference rows of ``spec``'s parameter, or, for every
+    parameter (``Type:*``, ``*``), of the codes its reference rows are written under
+    (:func:`_reference_codes`).
+    """
     ids = list(target_ids)
-    marks = ", ".join("?" for _ in ids)
+    arms: list[str] = []
+    params: list[Any] = list(ids)
+    for source in [spec.source] if spec.source is not None else sorted(registry.resource_types()):
+        codes = _reference_codes(registry, source) if spec.param is None else [spec.param]
+        if codes:
+            arms.append(
+                f"SELECT x.rid FROM idx_reference x WHERE x.param IN ({', '.join('?' for _ in codes)}) "
+                "AND x.res_type = ? AND x.target_id IN (SELECT id FROM ids) AND x.target_type = ?"
+            )
+            params += [*codes, source, target_type]
+    if not arms or not ids:
+        return "SELECT rid, res_type, res_id FROM resources WHERE 1 = 0", []
+    values = ", ".join("(?)" for _ in ids)
     sql = (
-        "SELECT DISTINCT t.rid, t.res_type, t.res_id FROM idx_reference x JOIN resources t ON t.rid = x.rid "
-        f"WHERE x.target_type = ? AND x.target_id IN ({marks}) AND t.deleted = 0"
+        f"WITH ids (id) AS (VALUES {values}) SELECT DISTINCT t.rid, t.res_type, t.res_id FROM "
+        f"({' UNION ALL '.join(arms)}) x JOIN resources t ON t.rid = x.rid WHERE t.deleted = 0"
     )
-    params: list[Any] = [target_type, *ids]
-    for column, value in (("x.res_type", spec.source), ("x.param", spec.param)):
-        if value is not None:
-            sql += f" AND {column} = ?"
-            params.append(value)
     return sql, params
+
+
+def _reference_codes(registry: Registry, resource_type: str) -> list[str]:
+    """The ``param`` codes of ``resource_type``'s reference rows: its reference parameters, and the
+    reference components of its composites (``code:k``), as the extractor writes them."""
+    codes: list[str] = []
+    for code, sp in sorted(registry.params_for(resource_type).items()):
+        if sp.type == "reference":
+            codes.append(code)
+        elif sp.type == "composite":
+            for k, (definition, _) in enumerate(sp.components):
+                component = registry.by_url(definition)
+                if component is not None and component.type == "reference":
+                    codes.append(f"{code}:{k}")
+    return codes

@@ -49,7 +49,11 @@ first component of a composite) are answered from the index alone; ``idx_token_v
 ``rid`` right after ``code`` (then ``system, grp``), so the entries of one code, with or without
 its system, come in ``rid`` order and a page in that order reads only its own entries. ``(rid,
 param, grp, <sort column>)`` indexes serve deletes, composite joins and, from the index alone,
-``_sort`` keys; ``idx_date_high`` serves ``gt``/``ge`` (``high > …``). On PostgreSQL,
+``_sort`` keys; ``idx_date_high`` serves ``gt``/``ge`` (``high > …``). Reference rows have no
+index by target alone (schema 4 dropped ``idx_reference_target``: a reference row cost 11 % more
+SQL to write with it): every reading site names the parameter, and ``_revinclude`` of every
+parameter (``*``, ``Type:*``) asks ``idx_reference_value`` once per source type with that type's
+reference parameters (:func:`server.search.query.revinclude_sql`). On PostgreSQL,
 multi-column statistics (``_PG_STATISTICS``) keep the row estimates of these correlated columns
 sane.
 
@@ -90,20 +94,22 @@ sane.
                type (server/cache.py keys cached answers by it; never reset).
 ``schema_meta`` one row: the schema version; the store's migration at start-up brings any older
 database up (columns listed in ``ADDED_COLUMNS`` are added to tables created before them, indexes
-listed in ``REBUILT_INDEXES`` for a later version are dropped and built again).
+listed in ``REBUILT_INDEXES`` for a later version are dropped, and built again when the schema still
+defines them).
 """
 
 from __future__ import annotations
 
 __all__ = ["ADDED_COLUMNS", "REBUILT_INDEXES", "SCHEMA_VERSION", "ddl", "rebuilt_indexes"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-#: Indexes whose definition changed in a schema version: migrating a database from an older
-#: version drops them before the indexes are created (``CREATE INDEX IF NOT EXISTS`` keeps an
-#: index of that name as it is). 2: ``idx_token_value`` puts ``rid`` before ``system``. (3 changed
-#: no index: PostgreSQL's ``history.content`` became BYTEA, see ``PostgresStore._content_to_bytea``.)
-REBUILT_INDEXES: dict[int, tuple[str, ...]] = {2: ("idx_token_value",)}
+#: Indexes whose definition changed, or that were removed, in a schema version: migrating a database
+#: from an older version drops them before the indexes are created (``CREATE INDEX IF NOT EXISTS``
+#: keeps an index of that name as it is). 2: ``idx_token_value`` puts ``rid`` before ``system``. (3
+#: changed no index: PostgreSQL's ``history.content`` became BYTEA, see
+#: ``PostgresStore._content_to_bytea``.) 4: ``idx_reference_target`` removed (module docstring).
+REBUILT_INDEXES: dict[int, tuple[str, ...]] = {2: ("idx_token_value",), 4: ("idx_reference_target",)}
 
 _TYPES = {
     "sqlite": {
@@ -173,7 +179,6 @@ CREATE TABLE IF NOT EXISTS idx_reference (
     target_type TEXT, target_id {text}, url {text} NOT NULL, grp INTEGER
 );
 CREATE INDEX IF NOT EXISTS idx_reference_value ON idx_reference (param, res_type, target_id, target_type, rid, grp);
-CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (target_type, target_id);
 CREATE INDEX IF NOT EXISTS idx_reference_rid ON idx_reference (rid, param, grp, url);
 CREATE TABLE IF NOT EXISTS idx_date (
     rid {bigint} NOT NULL, res_type TEXT NOT NULL, param TEXT NOT NULL,

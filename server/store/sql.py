@@ -51,7 +51,6 @@ DEFERRABLE_INDEXES = (
     "idx_token_value",
     "idx_string_value",
     "idx_reference_value",
-    "idx_reference_target",
     "idx_date_value",
     "idx_date_high",
     "idx_number_value",

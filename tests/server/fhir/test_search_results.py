@@ -114,6 +114,9 @@ def test_links(data: Any) -> None:
             ["Patient/ola"],
             ["DiagnosticReport/dr1", "Encounter/enc1", "Observation/bp1", "Observation/hb1"],
         ),
+        # every parameter of one source type (through each of its reference parameters' rows)
+        ("Patient?_id=ola&_revinclude=Observation:*", ["Patient/ola"], ["Observation/bp1", "Observation/hb1"]),
+        ("Patient?_id=ola&_revinclude=Encounter:*", ["Patient/ola"], ["Encounter/enc1"]),
         (
             "Organization?_id=org2&_revinclude=Patient:organization&_revinclude:iterate=Observation:subject",
             ["Organization/org2"],

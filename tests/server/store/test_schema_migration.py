@@ -22,8 +22,45 @@ def _index_definition(store: Store, name: str) -> str:
 
 
 def test_rebuilt_indexes_by_version() -> None:
-    assert rebuilt_indexes(1) == ["idx_token_value"]
+    assert rebuilt_indexes(1) == ["idx_token_value", "idx_reference_target"]
+    assert rebuilt_indexes(3) == ["idx_reference_target"]
     assert rebuilt_indexes(SCHEMA_VERSION) == []
+
+
+def test_version_3_reference_target_index_is_dropped(database_url: str) -> None:
+    """Schema 4 has no index of reference rows by target alone: a database from version 3 loses it
+    when the store opens, its rows kept."""
+    store = open_store(database_url)
+    store.reset()
+    assert _index_definition(store, "idx_reference_target") == ""
+    index = SimpleNamespace(
+        token=[],
+        string=[],
+        reference=[("subject", "Patient", "p1", "Patient/p1")],
+        date=[],
+        number=[],
+        quantity=[],
+        uri=[],
+    )
+    with store.transaction() as tx:
+        tx.put(
+            StoredResource("Observation", "o1", 1, 1.0, False, b'{"resourceType":"Observation","id":"o1"}'),
+            "PUT",
+            index,
+        )
+        cur = tx.cur  # type: ignore[attr-defined]  # the database as version 3 left it:
+        cur.execute("CREATE INDEX idx_reference_target ON idx_reference (target_type, target_id)")
+        cur.execute("UPDATE schema_meta SET version = 3")
+    assert "target_type, target_id" in _index_definition(store, "idx_reference_target")
+    store.close()
+
+    again = open_store(database_url)
+    try:
+        assert _index_definition(again, "idx_reference_target") == ""
+        assert again.query("SELECT version FROM schema_meta") == [(SCHEMA_VERSION,)]
+        assert again.query("SELECT target_id FROM idx_reference WHERE param = 'subject'") == [("p1",)]
+    finally:
+        again.close()
 
 
 def test_version_1_token_index_is_built_again(database_url: str) -> None:
