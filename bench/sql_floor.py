@@ -110,7 +110,12 @@ def recording(store: SqliteStore, folder: Path) -> Iterator[Recording]:
 
 
 def replay(rec: Recording) -> Floor:
-    """Run the recorded statements again on a fresh copy of the starting database (then deleted)."""
+    """Run the recorded statements again on a fresh copy of the starting database (then deleted).
+
+    The copy is opened as a :class:`SqliteStore` (the server's pragmas), whose migration creates
+    any table or index of the schema the copy lacks: an experiment that drops an index from the
+    starting copy to price it must replay with a plain ``sqlite3`` connection instead.
+    """
     copy = rec.start.with_name(rec.start.stem + "-replay.sqlite")
     shutil.copyfile(rec.start, copy)
     store = SqliteStore(f"sqlite:///{copy}")
