@@ -1290,7 +1290,8 @@ def revinclude_sql(
     ids = list(target_ids)
     arms: list[str] = []
     params: list[Any] = list(ids)
-    for source in [spec.source] if spec.source is not None else sorted(registry.resource_types()):
+    sources = [spec.source] if spec.source is not None else sorted(registry.resource_types())
+    for source in sources if ids else ():
         codes = _reference_codes(registry, source) if spec.param is None else [spec.param]
         if codes:
             arms.append(
@@ -1298,7 +1299,7 @@ def revinclude_sql(
                 "AND x.res_type = ? AND x.target_id IN (SELECT id FROM ids) AND x.target_type = ?"
             )
             params += [*codes, source, target_type]
-    if not arms or not ids:
+    if not arms:  # no ids, or no reference parameter
         return "SELECT rid, res_type, res_id FROM resources WHERE 1 = 0", []
     values = ", ".join("(?)" for _ in ids)
     sql = (

@@ -355,16 +355,22 @@ def calls_from_file(path: str | os.PathLike[str], *, sample: str | None, build: 
         return FileCalls([], str(exc))
 
 
-def call_in_ingest(ctx: FhirContext, tx: WriteTx, patient_id: str, found: FileCalls) -> PgxResult:
+def call_in_ingest(
+    ctx: FhirContext, tx: WriteTx, patient_id: str, found: FileCalls, *, stale_statistics: bool = False
+) -> PgxResult:
     """Store the calls :func:`calls_from_file` read from the VCF being ingested, in ``tx`` (module docstring).
 
     The VCF's variant Observations must already be written in ``tx`` (``derivedFrom`` finds them
-    through the range index).
+    through the range index). ``stale_statistics``: ``tx`` wrote so much that the planner's
+    statistics no longer describe the tables (PostgreSQL would plan the search below as if they
+    were empty, once for over twenty minutes); they are refreshed first, when there is a search.
     """
     result = PgxResult(f"Patient/{patient_id}", _FROM_VCF)
     if found.skipped is not None:
         result.skipped = found.skipped
         return result
+    if stale_statistics:
+        tx.refresh_statistics()
     stored = _stored_variants(tx.query, _tx_reader(tx), patient_id, load_tables())
     variant_ids = pgx.variant_ids_from_observations(r for _, r in stored)
     _store_calls(ctx, tx, patient_id, found.calls, variant_ids, _FROM_VCF, result)

@@ -279,12 +279,17 @@ def _result_row(ref: str) -> Row:
     return ("result", *parse_reference(ref), ref)
 
 
+def _plain_reference(item: Any) -> Any:
+    """The ``reference`` of a Reference that holds nothing else (``{"reference": …}``), else None."""
+    return item.get("reference") if item.__class__ is dict and len(item) == 1 else None
+
+
 def _result_rows(rows: IndexRows, results: list[Any]) -> None:
     """:func:`_references` of a genomic report's ``result`` list: a result that is only a literal
     reference (``{"reference": "Observation/…"}``, all the mapper makes) in one step."""
     out = rows.reference
     for item in results:
-        ref = item.get("reference") if item.__class__ is dict and len(item) == 1 else None
+        ref = _plain_reference(item)
         if ref.__class__ is str and ref and ref[0] != "#":
             out.append(_result_row(ref))
         else:
@@ -440,7 +445,7 @@ class Indexer:
         results = report.get("result")
         if not self.fast or results.__class__ is not list or len(results) != len(sent):
             return None
-        if [r.get("reference") if r.__class__ is dict and len(r) == 1 else None for r in results] != sent:
+        if [_plain_reference(r) for r in results] != sent:
             return None
         rows = self._without_results(report)
         return None if rows is None else [(t, found) for t in INDEX_TABLES if (found := getattr(rows, t))]
@@ -894,11 +899,8 @@ def _store(
         pgx_result = None
         if path is not None:  # stored in the same transaction
             found: FileCalls = reading.result() if reading is not None else calls_from_file(path, **pgx_args)
-            if found.skipped is None and counts.created + counts.updated > _FRESH_STATS_AFTER:
-                # the PGx search must not be planned as if the tables were empty (a file it does not
-                # call, another build or somatic, is not searched: no ANALYZE for it)
-                tx.refresh_statistics()
-            pgx_result = call_in_ingest(ctx, tx, patient_id, found)
+            stale = counts.created + counts.updated > _FRESH_STATS_AFTER
+            pgx_result = call_in_ingest(ctx, tx, patient_id, found, stale_statistics=stale)
         if last is None:  # unchanged: the stored report is the current one
             last = tx.current("DiagnosticReport", report_id)
             assert last is not None
