@@ -92,6 +92,7 @@ from server.errors import BadRequest, Issue
 from server.search.compartments import SELF, Compartment
 from server.search.extract import composite_sources, normalize_string
 from server.search.extract import date_range as extracted_date_range
+from server.search.implied import any_exists, reference_sources, union_all
 from server.search.registry import Registry, SearchParam
 
 __all__ = [
@@ -636,10 +637,15 @@ class _Parser:
             probe = [sp.code, *[x for _, ps in conds for x in ps]]
             sql = f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ? AND ({cond}))"
             return Clause(sql, probe, probe=True)
-        sub = f"SELECT rid FROM idx_{table} WHERE param = ?{narrow}{scope} AND ({cond})"
-        exists = f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ?{narrow} AND ({cond}))"
+        # reference rows may also be implied by the range index (server.search.implied): an arm each
+        froms = reference_sources(types, code) if table == "reference" else (f"idx_{table}",)
+        sub, args = union_all(froms, f"SELECT rid FROM {{src}} i WHERE param = ?{narrow}{scope} AND ({cond})", args)
+        exists, probe_args = any_exists(
+            reference_sources(types, code, by_rid=True) if table == "reference" else froms,
+            f"SELECT 1 FROM {{src}} i WHERE rid = {a}.rid AND param = ?{narrow} AND ({cond})",
+            [code, *narrow_args, *[x for _, ps in conds for x in ps]],
+        )
         drive = _drive_rank(kind, modifier, values) if table == kind else None
-        probe_args = [code, *narrow_args, *[x for _, ps in conds for x in ps]]
         return Clause(f"{a}.rid IN ({sub})", args, rids=(sub, args), exists=(exists, probe_args), drive=drive)
 
     def union_clause(
@@ -707,8 +713,12 @@ class _Parser:
             sub = f"SELECT rid FROM idx_{table} WHERE param = ?{scope}"
             return Clause(f"{a}.rid {negate}IN ({sub})", [f"{sp.code}:0", *scope_params])
         code, narrow, narrow_args = self.reference_rows(types, sp)
-        sub = f"SELECT rid FROM idx_{sp.type} WHERE param = ?{narrow}{scope}"
-        params: list[Any] = [code, *narrow_args, *scope_params]
+        froms = reference_sources(types, code) if sp.type == "reference" else (f"idx_{sp.type}",)
+        sub, params = union_all(
+            froms,
+            f"SELECT rid FROM {{src}} i WHERE param = ?{narrow}{scope}",
+            [code, *narrow_args, *scope_params],
+        )
         if sp.type == "reference":  # a reference given only by identifier has a token row
             sub += f" UNION ALL SELECT rid FROM idx_token WHERE param = ?{scope}"
             params += [sp.code, *scope_params]
@@ -791,11 +801,13 @@ class _Parser:
             if not t_parts:
                 raise _Unsupported
             code, narrow, narrow_args = self.reference_rows(group_types, sp, f"{x}.")
-            ors.append(
-                f"{a}.rid IN (SELECT {x}.rid FROM idx_reference {x} WHERE {x}.param = ?{narrow}{scope} "
-                f"AND ({' OR '.join(t_parts)}))"
+            sub, sub_params = union_all(
+                reference_sources(group_types, code),
+                (f"SELECT {x}.rid FROM {{src}} {x} WHERE {x}.param = ?{narrow}{scope} AND ({' OR '.join(t_parts)})"),
+                [code, *narrow_args, *scope_params, *t_params],
             )
-            out_params += [code, *narrow_args, *scope_params, *t_params]
+            ors.append(f"{a}.rid IN ({sub})")
+            out_params += sub_params
         sql = ors[0] if len(ors) == 1 else "(" + " OR ".join(ors) + ")"
         return Clause(sql, out_params)
 
@@ -817,16 +829,24 @@ class _Parser:
         )
         code, narrow, narrow_args = self.reference_rows((source,), ref, f"{x}.")
         if types is not None and len(types) == 1:
-            sql = (
-                f"SELECT {x}.target_id FROM idx_reference {x} WHERE {x}.param = ?{narrow} AND {x}.res_type = ? "
-                f"AND {x}.target_type = ? AND {sources}"
+            sql, params = union_all(
+                reference_sources((source,), code, types[0]),
+                (
+                    f"SELECT {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} AND {x}.res_type = ? "
+                    f"AND {x}.target_type = ? AND {sources}"
+                ),
+                [code, *narrow_args, source, types[0], source, *inner.params],
             )
-            return Clause(f"{a}.res_id IN ({sql})", [code, *narrow_args, source, types[0], source, *inner.params])
-        sql = (
-            f"SELECT {x}.target_type, {x}.target_id FROM idx_reference {x} WHERE {x}.param = ?{narrow} "
-            f"AND {x}.res_type = ? AND {sources}"
+            return Clause(f"{a}.res_id IN ({sql})", params)
+        sql, params = union_all(
+            reference_sources((source,), code),
+            (
+                f"SELECT {x}.target_type, {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} "
+                f"AND {x}.res_type = ? AND {sources}"
+            ),
+            [code, *narrow_args, source, source, *inner.params],
         )
-        return Clause(f"({a}.res_type, {a}.res_id) IN ({sql})", [code, *narrow_args, source, source, *inner.params])
+        return Clause(f"({a}.res_type, {a}.res_id) IN ({sql})", params)
 
     # result parameters -------------------------------------------------------------------
     def sort_keys(self, types: Sequence[str] | None, raw_values: list[str], unknown: list[str]) -> list[SortKey]:
@@ -862,7 +882,18 @@ class _Parser:
                     conds.append(f"s.param IN ({', '.join('?' for _ in codes)}){narrow}{scope}")
                     args += [*codes, *narrow_args, *scope_params]
                 where = conds[0] if len(conds) == 1 else "(" + " OR ".join(f"({c})" for c in conds) + ")"
-                sql = f"(SELECT {agg}(s.{col}) FROM idx_{sp.type} s WHERE s.rid = r.rid AND {where})"
+                froms = (
+                    reference_sources(types, sp.code, by_rid=True) if sp.type == "reference" else (f"idx_{sp.type}",)
+                )
+                if len(froms) == 1:
+                    sql = f"(SELECT {agg}(s.{col}) FROM {froms[0]} s WHERE s.rid = r.rid AND {where})"
+                else:  # the key over the rows of every source
+                    rows, args = union_all(
+                        froms,
+                        f"SELECT s.{col} AS k FROM {{src}} s WHERE s.rid = r.rid AND {where}",
+                        args,
+                    )
+                    sql = f"(SELECT {agg}(m.k) FROM ({rows}) m)"
                 keys.append(SortKey(name, desc, sql, tuple(args)))
         return keys
 
@@ -1263,16 +1294,24 @@ def build_sql(parsed: ParsedSearch, after_rid: int = 0, limit: int | None = None
 def include_sql(spec: IncludeSpec, source_rids: Sequence[int]) -> tuple[str, list[Any]]:
     """``_include``: current resources referenced by ``source_rids`` -> (rid, res_type, res_id)."""
     marks = ", ".join("?" for _ in source_rids)
-    sql = (
-        "SELECT DISTINCT t.rid, t.res_type, t.res_id FROM idx_reference x "
-        "JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id "
-        f"WHERE x.rid IN ({marks}) AND t.deleted = 0"
-    )
+    where = f"x.rid IN ({marks})"
     params: list[Any] = list(source_rids)
     for column, value in (("x.res_type", spec.source), ("x.param", spec.param), ("x.target_type", spec.target)):
         if value is not None:
-            sql += f" AND {column} = ?"
+            where += f" AND {column} = ?"
             params.append(value)
+    froms = reference_sources(None if spec.source is None else (spec.source,), spec.param, spec.target, by_rid=True)
+    if len(froms) == 1:
+        refs = "idx_reference x"
+    else:  # some rows may be implied by the range index (server.search.implied)
+        arms, params = union_all(froms, f"SELECT x.target_type, x.target_id FROM {{src}} x WHERE {where}", params)
+        where = "1 = 1"
+        refs = f"({arms}) x"
+    sql = (
+        f"SELECT DISTINCT t.rid, t.res_type, t.res_id FROM {refs} "
+        "JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id "
+        f"WHERE {where} AND t.deleted = 0"
+    )
     return sql, params
 
 
@@ -1293,9 +1332,9 @@ def revinclude_sql(
     sources = [spec.source] if spec.source is not None else sorted(registry.resource_types())
     for source in sources if ids else ():
         codes = _reference_codes(registry, source) if spec.param is None else [spec.param]
-        if codes:
+        for src in reference_sources((source,), spec.param, target_type) if codes else ():
             arms.append(
-                f"SELECT x.rid FROM idx_reference x WHERE x.param IN ({', '.join('?' for _ in codes)}) "
+                f"SELECT x.rid FROM {src} x WHERE x.param IN ({', '.join('?' for _ in codes)}) "
                 "AND x.res_type = ? AND x.target_id IN (SELECT id FROM ids) AND x.target_type = ?"
             )
             params += [*codes, source, target_type]

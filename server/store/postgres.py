@@ -63,6 +63,7 @@ _BINARY_COPY: dict[str, dict[str, str]] = {
         "alt_allele": "text",
         "structural": "int2",
         "source_class": "text",
+        "implied": "int2",
     },
 }
 

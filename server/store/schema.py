@@ -69,6 +69,9 @@ sane.
                only the bins the query interval touches (``(subject, ref_seq, bin, start_pos)``
                index), so its cost does not grow with the number of variants of the subject;
                ``(ref_seq, start_pos)`` serves lookups of one variant across subjects.
+               ``implied`` (schema 5) 1 when the row stands for index rows that were not written
+               (the VCF ingestion's variants: their ``derived-from`` row to the MolecularSequence
+               of the same id, :mod:`server.search.implied`); 0 for every other write.
 
 ``ehr_message`` the EHR message log (:mod:`server.fhir.operations.ehr_store`): one row per stored
                HL7 v2 message, ``msg_key`` (sender and MSH-10 control id), ``digest`` (SHA-256 of
@@ -102,13 +105,14 @@ from __future__ import annotations
 
 __all__ = ["ADDED_COLUMNS", "REBUILT_INDEXES", "SCHEMA_VERSION", "ddl", "rebuilt_indexes"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Indexes whose definition changed, or that were removed, in a schema version: migrating a database
 #: from an older version drops them before the indexes are created (``CREATE INDEX IF NOT EXISTS``
 #: keeps an index of that name as it is). 2: ``idx_token_value`` puts ``rid`` before ``system``. (3
 #: changed no index: PostgreSQL's ``history.content`` became BYTEA, see
-#: ``PostgresStore._content_to_bytea``.) 4: ``idx_reference_target`` removed (module docstring).
+#: ``PostgresStore._content_to_bytea``.) 4: ``idx_reference_target`` removed (module docstring). (5 changed no index:
+#: ``variant_range.implied`` was added.)
 REBUILT_INDEXES: dict[int, tuple[str, ...]] = {2: ("idx_token_value",), 4: ("idx_reference_target",)}
 
 _TYPES = {
@@ -206,7 +210,8 @@ CREATE INDEX IF NOT EXISTS idx_uri_rid ON idx_uri (rid, param, grp, value);
 CREATE TABLE IF NOT EXISTS variant_range (
     rid {bigint} NOT NULL, subject {text} NOT NULL, ref_seq {text} NOT NULL,
     start_pos {bigint} NOT NULL, end_pos {bigint} NOT NULL, bin INTEGER NOT NULL,
-    ref_allele {text}, alt_allele {text}, structural SMALLINT NOT NULL, source_class TEXT
+    ref_allele {text}, alt_allele {text}, structural SMALLINT NOT NULL, source_class TEXT,
+    implied SMALLINT NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS variant_range_subject ON variant_range (subject, ref_seq, bin, start_pos);
 CREATE INDEX IF NOT EXISTS variant_range_position ON variant_range (ref_seq, start_pos);
@@ -237,8 +242,9 @@ CREATE INDEX IF NOT EXISTS audit_event_agent ON audit_event (agent, ts);
 
 #: Columns added after the first release, as (table, column, SQL type): a database created
 #: before them gets them at start-up (``ALTER TABLE … ADD COLUMN``), before the indexes are made.
-ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = tuple(
-    (f"idx_{t}", "grp", "INTEGER") for t in ("token", "string", "reference", "date", "number", "quantity", "uri")
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    *((f"idx_{t}", "grp", "INTEGER") for t in ("token", "string", "reference", "date", "number", "quantity", "uri")),
+    ("variant_range", "implied", "SMALLINT NOT NULL DEFAULT 0"),  # schema 5
 )
 
 

@@ -535,7 +535,7 @@ def _implications(ctx: FhirContext, kind: str, pairs: Iterable[tuple[str, str]])
     def by_variant(doc: Mapping[str, Any]) -> bool:
         for ref in derived(doc):
             for row in ranges_of(source_docs[ref]):
-                _, ref_seq, start, end, _, ref_allele, alt_allele, _, _ = row
+                _, ref_seq, start, end, _, ref_allele, alt_allele, _, _, _ = row
                 if alleles and any(a.ref_seq == ref_seq and a.matches(start, ref_allele, alt_allele) for a in alleles):
                     return True
                 if ranges and any(g.ref_seq == ref_seq and start < g.end and end > g.start for g in ranges):

@@ -65,6 +65,7 @@ COLUMNS = (
     "alt_allele",
     "structural",
     "source_class",
+    "implied",
 )
 
 _LOINC = gc.LOINC
@@ -106,7 +107,7 @@ def bins_overlapping(start: int, end: int) -> list[tuple[int, int]]:
     return out
 
 
-RangeRow = tuple[str, str, int, int, int, str | None, str | None, int, str | None]
+RangeRow = tuple[str, str, int, int, int, str | None, str | None, int, str | None, int]
 
 
 #: concept -> its first code, by identity: the VCF mapper shares its (read-only) component code
@@ -151,7 +152,9 @@ def subject_reference(value: str) -> str | None:
 
 
 def ranges_of(resource: Mapping[str, Any]) -> list[RangeRow]:
-    """The ``variant_range`` row of a variant Observation (none for anything else, or without coordinates)."""
+    """The ``variant_range`` row of a variant Observation (none for anything else, or without coordinates);
+    ``implied`` 0: its index rows are written (only the VCF ingestion leaves some out, see
+    :mod:`server.search.implied`)."""
     if not _is_variant(resource):
         return []
     subject = resource.get("subject")
@@ -209,7 +212,7 @@ def ranges_of(resource: Mapping[str, Any]) -> list[RangeRow]:
     ref_s = ref if isinstance(ref, str) else None
     alt_s = alt if isinstance(alt, str) else None
     structural = 0 if ref_s is not None and alt_s is not None else 1
-    return [(subject_ref, ref_seq, start, end, bin_of(start, end), ref_s, alt_s, structural, source)]
+    return [(subject_ref, ref_seq, start, end, bin_of(start, end), ref_s, alt_s, structural, source, 0)]
 
 
 class VariantRanges:

@@ -28,6 +28,7 @@ from server.fhir import crud
 from server.fhir.operations import ingest_vcf as ingest
 from server.fhir.operations.variant_ranges import ranges_of
 from server.search.extract import extractor_for
+from server.search.implied import ROWS
 from server.store.base import INDEX_TABLES
 from server.store.sql import INDEX_COLUMNS, SqlWriteTx, index_params
 from tests.conftest import SHARED, make_app
@@ -228,6 +229,12 @@ def test_the_fresh_path_writes_what_put_many_writes(tmp_path: Path, monkeypatch:
                 key=repr,
             )
             stored = ctx.store.query(f"SELECT * FROM idx_{table} WHERE res_type != 'Patient'")
+            if table == "reference":  # with the rows the range rows imply (server.search.implied)
+                implied = ctx.store.query(f"SELECT * FROM {ROWS} x")
+                # every variant but the first (checked against the extractor, its row written)
+                assert len(implied) == len(fresh["variant_range"]) - 1 >= 4
+                assert not set(map(tuple, implied)) & set(map(tuple, stored))
+                stored += implied
             assert sorted((tuple(row) for row in stored), key=repr) == expected, table
     finally:
         for app in apps:
@@ -400,8 +407,16 @@ def test_fast_index_rows_equal_the_search_registrys(app: Any, path: Path) -> Non
         expected = extractor_for(type_, lean if type_ in ingest.INDEXED else ctx.registry)(resource)
         for rows in (indexer(resource, facts), indexer(resource)):
             assert _rows_by_table(rows) == _rows_by_table(expected), (type_, resource["id"])
-        # and as a batch takes them: (table, rows) of the tables with rows
-        tables = {table: sorted(map(repr, rows)) for table, rows in indexer.tables(resource, facts)}
+        # and as a batch takes them: (table, rows) of the tables with rows, but for a sequence variant's
+        # Observation (its facts were checked just above) its derived-from row, which its range row implies
+        pairs, implied = indexer.tables(resource, facts)
+        tables = {table: sorted(map(repr, rows)) for table, rows in pairs}
+        if implied:
+            row = ("derived-from", "MolecularSequence", resource["id"], f"MolecularSequence/{resource['id']}")
+            assert resource["derivedFrom"] == [{"reference": row[3]}]
+            tables["reference"] = sorted([*tables["reference"], repr(row)])
+        assert implied == (facts is not None and type_ == "Observation")
+        kinds["implied"] += implied
         assert tables == {t: rows for t, rows in _rows_by_table(expected).items() if rows}, resource["id"]
         if type_ == "Observation":
             assert indexer.ranges(resource, facts) == ranges_of(resource), resource["id"]
@@ -409,6 +424,7 @@ def test_fast_index_rows_equal_the_search_registrys(app: Any, path: Path) -> Non
         kinds["facts"] += facts is not None
     assert indexer.fast and indexer.facts
     assert kinds["facts"] > 0 or path == STRUCTURAL
+    assert kinds["implied"] == kinds["facts"] // 2
     assert set(ingest.INDEXED) <= set(kinds)
     # every parameter of INDEXED is defined by the registry (a rename would silently drop rows)
     for type_, codes in ingest.INDEXED.items():
@@ -696,7 +712,7 @@ def test_range_index_follows_rest_writes(app: Any) -> None:
 def test_ranges_of_reads_coordinates() -> None:
     variant = next(r for r in map_vcf(VEP, "p1").resources() if r["resourceType"] == "Observation")
     bin_ = 585 + (96541615 >> 17)  # the 128 kb bin holding it
-    assert ranges_of(variant) == [("Patient/p1", "NC_000010.10", 96541615, 96541616, bin_, "G", "A", 0, "germline")]
+    assert ranges_of(variant) == [("Patient/p1", "NC_000010.10", 96541615, 96541616, bin_, "G", "A", 0, "germline", 0)]
     one_based = json.loads(json.dumps(variant))
     for component in one_based["component"]:
         if component["code"]["coding"][0]["code"] == "92822-6":

@@ -50,6 +50,7 @@ def test_overlap_query_equals_brute_force(app: Any) -> None:
                 None,
                 structural,
                 "germline",
+                0,
             )
         )
     with ctx.store.transaction() as tx:

@@ -141,3 +141,29 @@ def test_postgresql_jsonb_content_becomes_bytea_with_what_was_served() -> None:
         assert again.read("Patient", "p1").content == b'{"resourceType":"Patient","id":"p1"}'  # type: ignore[union-attr]
     finally:
         again.close()
+
+
+def test_version_4_range_rows_get_implied_0(database_url: str) -> None:
+    """Schema 5 adds ``variant_range.implied``: the range rows of a version 4 database, whose reference
+    rows were all written, get 0 (they imply nothing, server/search/implied.py)."""
+    store = open_store(database_url)
+    store.reset()
+    with store.transaction() as tx:
+        cur = tx.cur  # type: ignore[attr-defined]  # the database as version 4 left it:
+        cur.execute("DROP TABLE variant_range")
+        cur.execute(
+            "CREATE TABLE variant_range (rid BIGINT NOT NULL, subject TEXT NOT NULL, ref_seq TEXT NOT NULL, "
+            "start_pos BIGINT NOT NULL, end_pos BIGINT NOT NULL, bin INTEGER NOT NULL, ref_allele TEXT, "
+            "alt_allele TEXT, structural SMALLINT NOT NULL, source_class TEXT)"
+        )
+        cur.execute("INSERT INTO variant_range VALUES (7, 'Patient/p1', 'NC_000001.11', 10, 11, 585, 'A', 'G', 0, 'x')")
+        cur.execute("UPDATE schema_meta SET version = 4")
+    store.close()
+
+    again = open_store(database_url)
+    try:
+        assert again.query("SELECT version FROM schema_meta") == [(SCHEMA_VERSION,)]
+        assert again.query("SELECT rid, implied FROM variant_range") == [(7, 0)]
+        assert "subject, ref_seq, bin, start_pos" in _index_definition(again, "variant_range_subject")
+    finally:
+        again.close()
