@@ -1296,7 +1296,9 @@ def include_sql(spec: IncludeSpec, source_rids: Sequence[int]) -> tuple[str, lis
     marks = ", ".join("?" for _ in source_rids)
     where = f"x.rid IN ({marks})"
     params: list[Any] = list(source_rids)
-    for column, value in (("x.res_type", spec.source), ("x.param", spec.param), ("x.target_type", spec.target)):
+    # ``x.param || ''``: no index by parameter (idx_reference_value, every row of the parameter on
+    # the type) looks cheaper to a planner without statistics than the page's rows by rid
+    for column, value in (("x.res_type", spec.source), ("x.param || ''", spec.param), ("x.target_type", spec.target)):
         if value is not None:
             where += f" AND {column} = ?"
             params.append(value)
