@@ -19,7 +19,10 @@ conditions reach the indexes (``o.res_id = ?`` the resources key, ``v.rid = ?`` 
 ``rid`` index). One view with both (``UNION ALL`` inside) would not do: SQLite scans or
 materialises it under a correlated ``EXISTS`` or a join (measured in session 8). A resource that
 has both an implied and a written row (an ingested variant reindexed) is found once: every site
-reads rows as a set (``IN``, ``EXISTS``, ``DISTINCT``, ``MIN``/``MAX``).
+reads rows as a set (``IN``, ``EXISTS``, ``DISTINCT``, ``MIN``/``MAX``). A page driven by such a
+range (:func:`server.search.query._driven_page_sql`) walks each arm in ``rid`` order up to the page's
+size and merges them (:attr:`server.search.query.Clause.arms`): a compound inside its join would be
+read whole first.
 
 Compartments (``$everything``, export, consent) never read ``derived-from`` (no R4 compartment
 is defined through it), nor do the range operations, which read ``variant_range`` itself.
@@ -30,7 +33,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["PARAM", "ROWS", "ROWS_BY_RID", "SOURCE", "SRC", "TARGET", "any_exists", "reference_sources", "union_all"]
+__all__ = [
+    "PARAM",
+    "ROWS",
+    "ROWS_BY_RID",
+    "SOURCE",
+    "SRC",
+    "TARGET",
+    "any_exists",
+    "each_source",
+    "reference_sources",
+    "union_all",
+]
 
 #: where an arm given to :func:`union_all` / :func:`any_exists` names its source
 SRC = "{src}"
@@ -73,9 +87,14 @@ def reference_sources(
     return ("idx_reference",)
 
 
-def union_all(sources: Sequence[str], arm: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
-    """``arm`` (SQL reading ``{src}``) over each source, as one ``UNION ALL`` compound; its params once per arm."""
-    return " UNION ALL ".join(arm.replace(SRC, s) for s in sources), list(params) * len(sources)
+def each_source(sources: Sequence[str], arm: str, params: Sequence[Any]) -> list[tuple[str, list[Any]]]:
+    """``arm`` (SQL reading ``{src}``) over each source, with its params."""
+    return [(arm.replace(SRC, s), list(params)) for s in sources]
+
+
+def union_all(arms: Sequence[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+    """The arms (:func:`each_source`) as one ``UNION ALL`` compound, with their params."""
+    return " UNION ALL ".join(sql for sql, _ in arms), [x for _, ps in arms for x in ps]
 
 
 def any_exists(sources: Sequence[str], arm: str, params: Sequence[Any]) -> tuple[str, list[Any]]:

@@ -92,7 +92,7 @@ from server.errors import BadRequest, Issue
 from server.search.compartments import SELF, Compartment
 from server.search.extract import composite_sources, normalize_string
 from server.search.extract import date_range as extracted_date_range
-from server.search.implied import any_exists, reference_sources, union_all
+from server.search.implied import any_exists, each_source, reference_sources, union_all
 from server.search.registry import Registry, SearchParam
 
 __all__ = [
@@ -185,6 +185,9 @@ class Clause:
     #: when ``sql`` is ``rid IN (subquery)`` on one index table: that subquery (``SELECT rid FROM
     #: idx_… WHERE …``, columns unqualified) and its values; :func:`page_sql` may walk it instead
     rids: tuple[str, list[Any]] | None = None
+    #: when ``rids`` is a ``UNION ALL`` of ranges (rows the range index implies beside the index
+    #: table's, :mod:`server.search.implied`): each range and its values, walked one by one
+    arms: tuple[tuple[str, list[Any]], ...] = ()
     #: ``sql`` is a per-candidate ``EXISTS`` probe through a ``(rid, param …)`` index
     probe: bool = False
     #: the same condition as such a probe (``EXISTS (SELECT 1 FROM idx_… WHERE rid = r.rid …)``) and
@@ -639,14 +642,22 @@ class _Parser:
             return Clause(sql, probe, probe=True)
         # reference rows may also be implied by the range index (server.search.implied): an arm each
         froms = reference_sources(types, code) if table == "reference" else (f"idx_{table}",)
-        sub, args = union_all(froms, f"SELECT rid FROM {{src}} i WHERE param = ?{narrow}{scope} AND ({cond})", args)
+        arms = each_source(froms, f"SELECT rid FROM {{src}} i WHERE param = ?{narrow}{scope} AND ({cond})", args)
+        sub, args = union_all(arms)
         exists, probe_args = any_exists(
             reference_sources(types, code, by_rid=True) if table == "reference" else froms,
             f"SELECT 1 FROM {{src}} i WHERE rid = {a}.rid AND param = ?{narrow} AND ({cond})",
             [code, *narrow_args, *[x for _, ps in conds for x in ps]],
         )
         drive = _drive_rank(kind, modifier, values) if table == kind else None
-        return Clause(f"{a}.rid IN ({sub})", args, rids=(sub, args), exists=(exists, probe_args), drive=drive)
+        return Clause(
+            f"{a}.rid IN ({sub})",
+            args,
+            rids=(sub, args),
+            arms=tuple(arms) if len(arms) > 1 else (),
+            exists=(exists, probe_args),
+            drive=drive,
+        )
 
     def union_clause(
         self, a: str, types: Sequence[str] | None, sources: Sequence[SearchParam], modifier: str | None, raw: str
@@ -715,9 +726,11 @@ class _Parser:
         code, narrow, narrow_args = self.reference_rows(types, sp)
         froms = reference_sources(types, code) if sp.type == "reference" else (f"idx_{sp.type}",)
         sub, params = union_all(
-            froms,
-            f"SELECT rid FROM {{src}} i WHERE param = ?{narrow}{scope}",
-            [code, *narrow_args, *scope_params],
+            each_source(
+                froms,
+                f"SELECT rid FROM {{src}} i WHERE param = ?{narrow}{scope}",
+                [code, *narrow_args, *scope_params],
+            )
         )
         if sp.type == "reference":  # a reference given only by identifier has a token row
             sub += f" UNION ALL SELECT rid FROM idx_token WHERE param = ?{scope}"
@@ -802,9 +815,11 @@ class _Parser:
                 raise _Unsupported
             code, narrow, narrow_args = self.reference_rows(group_types, sp, f"{x}.")
             sub, sub_params = union_all(
-                reference_sources(group_types, code),
-                (f"SELECT {x}.rid FROM {{src}} {x} WHERE {x}.param = ?{narrow}{scope} AND ({' OR '.join(t_parts)})"),
-                [code, *narrow_args, *scope_params, *t_params],
+                each_source(
+                    reference_sources(group_types, code),
+                    f"SELECT {x}.rid FROM {{src}} {x} WHERE {x}.param = ?{narrow}{scope} AND ({' OR '.join(t_parts)})",
+                    [code, *narrow_args, *scope_params, *t_params],
+                )
             )
             ors.append(f"{a}.rid IN ({sub})")
             out_params += sub_params
@@ -830,21 +845,25 @@ class _Parser:
         code, narrow, narrow_args = self.reference_rows((source,), ref, f"{x}.")
         if types is not None and len(types) == 1:
             sql, params = union_all(
-                reference_sources((source,), code, types[0]),
-                (
-                    f"SELECT {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} AND {x}.res_type = ? "
-                    f"AND {x}.target_type = ? AND {sources}"
-                ),
-                [code, *narrow_args, source, types[0], source, *inner.params],
+                each_source(
+                    reference_sources((source,), code, types[0]),
+                    (
+                        f"SELECT {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} AND {x}.res_type = ? "
+                        f"AND {x}.target_type = ? AND {sources}"
+                    ),
+                    [code, *narrow_args, source, types[0], source, *inner.params],
+                )
             )
             return Clause(f"{a}.res_id IN ({sql})", params)
         sql, params = union_all(
-            reference_sources((source,), code),
-            (
-                f"SELECT {x}.target_type, {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} "
-                f"AND {x}.res_type = ? AND {sources}"
-            ),
-            [code, *narrow_args, source, source, *inner.params],
+            each_source(
+                reference_sources((source,), code),
+                (
+                    f"SELECT {x}.target_type, {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} "
+                    f"AND {x}.res_type = ? AND {sources}"
+                ),
+                [code, *narrow_args, source, source, *inner.params],
+            )
         )
         return Clause(f"({a}.res_type, {a}.res_id) IN ({sql})", params)
 
@@ -889,9 +908,11 @@ class _Parser:
                     sql = f"(SELECT {agg}(s.{col}) FROM {froms[0]} s WHERE s.rid = r.rid AND {where})"
                 else:  # the key over the rows of every source
                     rows, args = union_all(
-                        froms,
-                        f"SELECT s.{col} AS k FROM {{src}} s WHERE s.rid = r.rid AND {where}",
-                        args,
+                        each_source(
+                            froms,
+                            f"SELECT s.{col} AS k FROM {{src}} s WHERE s.rid = r.rid AND {where}",
+                            args,
+                        )
                     )
                     sql = f"(SELECT {agg}(m.k) FROM ({rows}) m)"
                 keys.append(SortKey(name, desc, sql, tuple(args)))
@@ -1204,7 +1225,6 @@ def _driven_page_sql(parsed: ParsedSearch, driver: Clause, cursor: Cursor | None
     adds ``res_type, res_id`` to the page's rids.
     """
     assert driver.rids is not None
-    sub, sub_params = driver.rids
     where, params = ["t.deleted = 0"], []
     if not parsed.all_types:
         scope, scope_params = _scope_sql("t.res_type", parsed.types)
@@ -1222,14 +1242,26 @@ def _driven_page_sql(parsed: ParsedSearch, driver: Clause, cursor: Cursor | None
         where.append(f"r.rid {'<' if backward else '>'} ?")
         params.append(cursor.rid)
     order = "DESC" if backward else "ASC"
-    inner = (
+    ranges = driver.arms or (driver.rids,)
+    walks = [
         f"SELECT DISTINCT r.rid FROM ({sub}) r JOIN resources t ON t.rid = r.rid + 0 "
         f"WHERE {' AND '.join(where)} ORDER BY r.rid {order} LIMIT {int(limit)}"
+        for sub, _ in ranges
+    ]
+    # a range of several arms (implied rows beside the index table's): each arm walked in rid order
+    # and limited, then merged (a compound inside the join would be materialised whole first)
+    inner = (
+        walks[0]
+        if len(walks) == 1
+        else (
+            " UNION ".join(f"SELECT rid FROM ({w}) w{k}" for k, w in enumerate(walks))
+            + f" ORDER BY rid {order} LIMIT {int(limit)}"
+        )
     )
     sql = (
         f"SELECT q.rid, r.res_type, r.res_id FROM ({inner}) q JOIN resources r ON r.rid = q.rid ORDER BY q.rid {order}"
     )
-    return sql, [*sub_params, *params]
+    return sql, [x for _, sub_params in ranges for x in (*sub_params, *params)]
 
 
 def page_sql(
@@ -1306,7 +1338,9 @@ def include_sql(spec: IncludeSpec, source_rids: Sequence[int]) -> tuple[str, lis
     if len(froms) == 1:
         refs = "idx_reference x"
     else:  # some rows may be implied by the range index (server.search.implied)
-        arms, params = union_all(froms, f"SELECT x.target_type, x.target_id FROM {{src}} x WHERE {where}", params)
+        arms, params = union_all(
+            each_source(froms, f"SELECT x.target_type, x.target_id FROM {{src}} x WHERE {where}", params)
+        )
         where = "1 = 1"
         refs = f"({arms}) x"
     sql = (

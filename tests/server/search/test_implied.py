@@ -20,8 +20,9 @@ import pytest
 from mappers.vcf import map_vcf
 from server.fhir.operations import ingest_vcf as ingest
 from server.search.implied import ROWS
+from server.search.query import page_sql, parse_search
 from tests.conftest import SHARED, make_app, postgres_url
-from tests.server.search.searchutil import bundle, entries, put_all
+from tests.server.search.searchutil import bundle, entries, link, put_all
 
 NB6 = SHARED / "vcf" / "vcf2fhir" / "NB6TK328_filtered.vcf"
 PHASED = Path(__file__).resolve().parents[2] / "data" / "vcf" / "phased_grch38.vcf"
@@ -109,6 +110,24 @@ def _answers(app: Any, queries: list[str]) -> list[tuple[Any, ...]]:
     return out
 
 
+def _paged(app: Any, query: str) -> tuple[list[str], list[str]]:
+    """Every match of ``query`` page by page following ``next``, then back from the last page."""
+    client = app.test_client()
+    forward: list[str] = []
+    b = bundle(client, query)
+    while True:
+        forward += entries(b)
+        after = link(b, "next")
+        if after is None:
+            break
+        b = bundle(client, after)
+    backward: list[str] = []
+    while (before := link(b, "previous")) is not None:
+        b = bundle(client, before)
+        backward = entries(b) + backward
+    return forward, backward
+
+
 def _write_out(app: Any) -> None:
     """The implied rows written as ordinary rows, the range rows unmarked."""
     with app.extensions["bigmed"].store.transaction() as tx:
@@ -128,9 +147,18 @@ def test_every_reader_answers_as_with_the_rows_written(loaded: Any) -> None:
     assert store.query(sql, (implied[0],)) == [(0,)]
     queries = _queries(loaded)
     before = _answers(loaded, queries)
+    # a page driven by a range of two arms (written and implied rows), walked one page at a time
+    several = ",".join(f"MolecularSequence/{i}" for i in [*implied, *written])
+    paged = f"Observation?derived-from={several}&_count=2"
+    parsed = parse_search(loaded.extensions["bigmed"].registry, "Observation", [("derived-from", several)])
+    assert " UNION SELECT rid FROM (" in page_sql(parsed, None, 3)[0]
+    pages = _paged(loaded, paged)
+    assert len(pages[0]) == len(implied) + len(written) + 1  # and o-extra
+    assert pages[1] == pages[0][: len(pages[1])] and len(pages[1]) == len(pages[0]) - 1  # all but the last page
     _write_out(loaded)
     assert store.query(sql, (implied[0],)) == [(1,)]
     assert _answers(loaded, queries) == before
+    assert _paged(loaded, paged) == pages
     answers = {query: rest for query, *rest in before}
     # and the answers are the expected ones, not merely equal
     x = implied[0]
