@@ -92,7 +92,7 @@ from server.errors import BadRequest, Issue
 from server.search.compartments import SELF, Compartment
 from server.search.extract import composite_sources, normalize_string
 from server.search.extract import date_range as extracted_date_range
-from server.search.implied import any_exists, each_source, reference_sources, union_all
+from server.search.implied import any_exists, each_source, index_sources, union_all
 from server.search.registry import Registry, SearchParam
 
 __all__ = [
@@ -640,12 +640,12 @@ class _Parser:
             probe = [sp.code, *[x for _, ps in conds for x in ps]]
             sql = f"EXISTS (SELECT 1 FROM idx_{table} WHERE rid = {a}.rid AND param = ? AND ({cond}))"
             return Clause(sql, probe, probe=True)
-        # reference rows may also be implied by the range index (server.search.implied): an arm each
-        froms = reference_sources(types, code) if table == "reference" else (f"idx_{table}",)
+        # rows may also be implied by the range index (server.search.implied): an arm each
+        froms = index_sources(table, types, code)
         arms = each_source(froms, f"SELECT rid FROM {{src}} i WHERE param = ?{narrow}{scope} AND ({cond})", args)
         sub, args = union_all(arms)
         exists, probe_args = any_exists(
-            reference_sources(types, code, by_rid=True) if table == "reference" else froms,
+            index_sources(table, types, code, by_rid=True),
             f"SELECT 1 FROM {{src}} i WHERE rid = {a}.rid AND param = ?{narrow} AND ({cond})",
             [code, *narrow_args, *[x for _, ps in conds for x in ps]],
         )
@@ -724,7 +724,7 @@ class _Parser:
             sub = f"SELECT rid FROM idx_{table} WHERE param = ?{scope}"
             return Clause(f"{a}.rid {negate}IN ({sub})", [f"{sp.code}:0", *scope_params])
         code, narrow, narrow_args = self.reference_rows(types, sp)
-        froms = reference_sources(types, code) if sp.type == "reference" else (f"idx_{sp.type}",)
+        froms = index_sources(sp.type, types, code)
         sub, params = union_all(
             each_source(
                 froms,
@@ -816,7 +816,7 @@ class _Parser:
             code, narrow, narrow_args = self.reference_rows(group_types, sp, f"{x}.")
             sub, sub_params = union_all(
                 each_source(
-                    reference_sources(group_types, code),
+                    index_sources("reference", group_types, code),
                     f"SELECT {x}.rid FROM {{src}} {x} WHERE {x}.param = ?{narrow}{scope} AND ({' OR '.join(t_parts)})",
                     [code, *narrow_args, *scope_params, *t_params],
                 )
@@ -846,7 +846,7 @@ class _Parser:
         if types is not None and len(types) == 1:
             sql, params = union_all(
                 each_source(
-                    reference_sources((source,), code, types[0]),
+                    index_sources("reference", (source,), code, types[0]),
                     (
                         f"SELECT {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} AND {x}.res_type = ? "
                         f"AND {x}.target_type = ? AND {sources}"
@@ -857,7 +857,7 @@ class _Parser:
             return Clause(f"{a}.res_id IN ({sql})", params)
         sql, params = union_all(
             each_source(
-                reference_sources((source,), code),
+                index_sources("reference", (source,), code),
                 (
                     f"SELECT {x}.target_type, {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} "
                     f"AND {x}.res_type = ? AND {sources}"
@@ -894,16 +894,16 @@ class _Parser:
                 agg, col = _SORT_COLUMNS[sp.type][1 if desc else 0]
                 conds: list[str] = []
                 args: list[Any] = []
+                all_codes: list[str] = []
                 for group_types, group_sp in params:  # groups differ where a reference is narrowed
                     code, narrow, narrow_args = self.reference_rows(group_types, group_sp, "s.")
                     codes = [q.code for q in self.registry.union_sources(group_sp)] or [code]
+                    all_codes += codes
                     scope, scope_params = _scope_sql("s.res_type", group_types if len(params) > 1 else None)
                     conds.append(f"s.param IN ({', '.join('?' for _ in codes)}){narrow}{scope}")
                     args += [*codes, *narrow_args, *scope_params]
                 where = conds[0] if len(conds) == 1 else "(" + " OR ".join(f"({c})" for c in conds) + ")"
-                froms = (
-                    reference_sources(types, sp.code, by_rid=True) if sp.type == "reference" else (f"idx_{sp.type}",)
-                )
+                froms = index_sources(sp.type, types, all_codes, by_rid=True)
                 if len(froms) == 1:
                     sql = f"(SELECT {agg}(s.{col}) FROM {froms[0]} s WHERE s.rid = r.rid AND {where})"
                 else:  # the key over the rows of every source
@@ -1334,7 +1334,9 @@ def include_sql(spec: IncludeSpec, source_rids: Sequence[int]) -> tuple[str, lis
         if value is not None:
             where += f" AND {column} = ?"
             params.append(value)
-    froms = reference_sources(None if spec.source is None else (spec.source,), spec.param, spec.target, by_rid=True)
+    froms = index_sources(
+        "reference", None if spec.source is None else (spec.source,), spec.param, spec.target, by_rid=True
+    )
     if len(froms) == 1:
         refs = "idx_reference x"
     else:  # some rows may be implied by the range index (server.search.implied)
@@ -1368,7 +1370,7 @@ def revinclude_sql(
     sources = [spec.source] if spec.source is not None else sorted(registry.resource_types())
     for source in sources if ids else ():
         codes = _reference_codes(registry, source) if spec.param is None else [spec.param]
-        for src in reference_sources((source,), spec.param, target_type) if codes else ():
+        for src in index_sources("reference", (source,), spec.param, target_type) if codes else ():
             arms.append(
                 f"SELECT x.rid FROM {src} x WHERE x.param IN ({', '.join('?' for _ in codes)}) "
                 "AND x.res_type = ? AND x.target_id IN (SELECT id FROM ids) AND x.target_type = ?"

@@ -48,11 +48,11 @@ this module stores the result. It is the bulk path for genomic data:
   which took about a third off the mapping process), for other resources by walking them.
 - **The range index** (:mod:`server.fhir.operations.variant_ranges`) gets one row per variant,
   computed here (from the facts, checked against :func:`ranges_of`) and handed to the store with
-  the index rows. It also stands for the variant Observation's ``derived-from`` row (to the
-  MolecularSequence of the same id), which is left out and marked ``implied`` on the range row
-  (:mod:`server.search.implied`: every reader of reference rows reads those rows too): one
-  reference row fewer per variant (exome, SQLite 4.74 -> 4.45 s, PostgreSQL 8.0 -> 7.4 s). The
-  first variant of an ingestion, checked against the extractor, keeps its written row.
+  the index rows. It also stands for the variant Observation's ``derived-from`` row (the
+  MolecularSequence of the same id), which is left out and marked in the range row's ``implied``
+  bits (:mod:`server.search.implied`: every reader of that parameter reads the implied rows too):
+  one reference row fewer per variant (exome, SQLite 4.74 -> 4.45 s, PostgreSQL 8.0 -> 7.4 s).
+  The first variant of an ingestion, checked against the extractor, keeps its written row.
 - **PGx calls in the same transaction**: a germline GRCh38 file is also star-allele called
   (:func:`server.fhir.operations.call_pgx.call_in_ingest`): Genotype + TherapeuticImplication
   Observations derivedFrom the variants just written, replacing the Patient's earlier calls of
@@ -106,7 +106,7 @@ from server.search.extract import (
     reference_target,
     reference_type,
 )
-from server.search.implied import PARAM, SOURCE, TARGET
+from server.search.implied import DERIVED_FROM, SOURCE, TARGET
 from server.search.registry import Registry
 from server.store import content as stored_content
 from server.store.base import INDEX_TABLES, FreshBatch, StoredResource, WriteTx
@@ -492,30 +492,36 @@ class Indexer:
         self.facts = False
 
     def tables(
-        self, resource: dict[str, Any], facts: VariantFacts | None = None
-    ) -> tuple[Sequence[tuple[str, list[Row]]], bool]:
+        self, resource: dict[str, Any], facts: VariantFacts | None = None, imply: bool = True
+    ) -> tuple[Sequence[tuple[str, list[Row]]], int]:
         """:meth:`__call__`'s rows as (index table, rows) pairs, the empty tables left out: what a
         batch takes (a checked sequence variant's straight from the facts, no :class:`IndexRows`);
-        and whether the Observation's ``derived-from`` row was left out, implied by its range row
-        (:mod:`server.search.implied`: a checked sequence variant derived from the MolecularSequence
-        of its own id, as the mapper makes them)."""
+        and the bits of the rows left out because its range row implies them (``imply``: it has
+        one; :mod:`server.search.implied`): a checked sequence variant's Observation's
+        ``derived-from`` row when it is derived from the MolecularSequence of its own id, as the
+        mapper makes them."""
         type_ = resource["resourceType"]
         if facts is not None and self.facts and ("facts", type_) in self._checked:
-            implied = type_ == SOURCE and facts.sequence == f"{TARGET}/{resource['id']}"
+            implied = self._implied(resource, facts) if imply and type_ == SOURCE else 0
             token, reference = self._fact_rows(type_, resource, facts, implied)
             return (("token", token), ("reference", reference)), implied
         rows = self(resource, facts)
-        return [(table, found) for table in INDEX_TABLES if (found := getattr(rows, table))], False
+        return [(table, found) for table in INDEX_TABLES if (found := getattr(rows, table))], 0
+
+    @staticmethod
+    def _implied(resource: dict[str, Any], facts: VariantFacts) -> int:
+        """The :mod:`server.search.implied` bits of a sequence variant's Observation's rows."""
+        return DERIVED_FROM if facts.sequence == f"{TARGET}/{resource['id']}" else 0
 
     def _from_facts(self, type_: str, resource: dict[str, Any], facts: VariantFacts) -> IndexRows:
         token, reference = self._fact_rows(type_, resource, facts)
         return IndexRows(token=list(token), reference=list(reference))  # the shared lists stay as made
 
     def _fact_rows(
-        self, type_: str, resource: dict[str, Any], facts: VariantFacts, implied: bool = False
+        self, type_: str, resource: dict[str, Any], facts: VariantFacts, implied: int = 0
     ) -> tuple[list[Row], list[Row]]:
         """(token rows, reference rows) of a sequence variant's MolecularSequence or Observation
-        (``implied``: without the Observation's ``derived-from`` row)."""
+        (without the Observation's rows whose :mod:`server.search.implied` bits are ``implied``)."""
         if type_ == "MolecularSequence":
             return (
                 self._of_shared("referenceseqid", facts.accession, _concept_rows),
@@ -527,9 +533,9 @@ class Indexer:
         if facts.gene is not None:
             token += self._of_shared("gene", facts.gene, _gene_rows)
         reference = self._of_shared("subject", facts.subject, _plain_reference_rows)
-        if not implied:
+        if not implied & DERIVED_FROM:
             sequence = facts.sequence
-            reference = [*reference, (PARAM, TARGET, sequence[len(TARGET) + 1 :], sequence)]
+            reference = [*reference, ("derived-from", TARGET, sequence[len(TARGET) + 1 :], sequence)]
         return token, reference
 
     def _of_shared(
@@ -653,22 +659,19 @@ def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[_
             index = batch.index
         k = len(batch.keys)
         pairs: Sequence[tuple[str, list[Row]]] | None = None
-        implied = False
+        implied = 0
+        ranges = [(k, *r) for r in indexer.ranges(resource, facts)] if type_ == "Observation" else []
         if type_ == "DiagnosticReport":  # k is 0: it starts a batch
             pairs = indexer.report_without_results(resource, sent)
             batch.uses_ahead = pairs is not None
-        if pairs is None:
-            pairs, implied = indexer.tables(resource, facts)
+        if pairs is None:  # rows its range row implies are left out (server.search.implied)
+            pairs, implied = indexer.tables(resource, facts, imply=len(ranges) == 1)
         for table, found in pairs:
             # (k, type, param, *values[, grp]): the store's own rows, k where the rid goes
             index[table].extend(index_params(k, type_, table, found))
         if type_ == "Observation":
-            ranges = [(k, *r) for r in indexer.ranges(resource, facts)]
-            if implied and len(ranges) == 1:  # the range row stands for the derived-from row left out
-                ranges[0] = (*ranges[0][:-1], 1)
-            elif implied:  # (no range row: never for the mapper's sequence variants) written after all
-                ref = f"{TARGET}/{resource['id']}"
-                index["reference"].extend(index_params(k, type_, "reference", [(PARAM, TARGET, resource["id"], ref)]))
+            if implied:
+                ranges[0] = (*ranges[0][:-1], implied)
             batch.derived[RANGE_TABLE] += ranges
             ref = "Observation/" + resource["id"]
             batch.ahead.append((0, "DiagnosticReport", *_result_row(ref)))

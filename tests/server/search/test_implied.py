@@ -1,12 +1,12 @@
-"""Reference rows implied by the range index (server/search/implied.py), on both backends.
+"""Index rows implied by the range index (server/search/implied.py), on both backends.
 
 The VCF ingestion leaves out each variant Observation's ``derived-from`` row to the
-MolecularSequence of its own id and marks its range row ``implied``. Every reader of reference
-rows must answer as if the row were written: each search form below runs on a store holding an
-ingested file (implied rows; its first variant, checked against the extractor, written), a variant
-written through REST (written rows) and an Observation derived from an ingested sequence; then
-the implied rows are written out as ordinary rows and the range rows unmarked, and every answer
-must be the same.
+MolecularSequence of its own id and marks its range row ``implied``. Every reader of those rows
+must answer as if they were written: each search form below runs on a store
+holding an ingested file (implied rows; its first variant, checked against the extractor,
+written), a variant written through REST (written rows) and an Observation derived from an
+ingested sequence; then the implied rows are written out as ordinary rows and the range rows
+unmarked, and every answer must be the same.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 from mappers.vcf import map_vcf
 from server.fhir.operations import ingest_vcf as ingest
-from server.search.implied import ROWS
+from server.search.implied import ROWS, index_sources
 from server.search.query import page_sql, parse_search
 from tests.conftest import SHARED, make_app, postgres_url
 from tests.server.search.searchutil import bundle, entries, link, put_all
@@ -63,12 +63,18 @@ def _variants(app: Any) -> tuple[list[str], list[str]]:
     return [str(r[0]) for r in rows if r[1]], [str(r[0]) for r in rows if not r[1]]
 
 
+def _ref_seq(app: Any) -> str:
+    """The reference sequence of the most variants of the ingested file."""
+    rows = app.extensions["bigmed"].store.query(
+        "SELECT ref_seq, COUNT(*) FROM variant_range WHERE subject = 'Patient/p1' GROUP BY ref_seq ORDER BY 2 DESC, 1"
+    )
+    return str(rows[0][0])
+
+
 def _queries(app: Any) -> list[str]:
     implied, written = _variants(app)
     x, first, rest = implied[0], written[0], written[-1]
-    ref_seq = app.extensions["bigmed"].store.query(
-        "SELECT v.ref_seq FROM variant_range v JOIN resources o ON o.rid = v.rid WHERE o.res_id = ?", (x,)
-    )[0][0]
+    ref_seq = _ref_seq(app)
     seq = f"MolecularSequence/{x}"
     return [
         f"Observation?derived-from={seq}",
@@ -98,6 +104,27 @@ def _queries(app: Any) -> list[str]:
         "Observation?code=http://loinc.org|69548-6&_sort=derived-from&_count=100",
         "Observation?code=http://loinc.org|69548-6&_sort=-derived-from,_id&_count=100",
         f"Observation?_id={x},{rest}&_revinclude=Observation:derived-from",
+        # token rows (written) beside them
+        "Observation?code=69548-6&_summary=count",
+        "Observation?code=http://loinc.org|69548-6&_count=100",
+        "Observation?code=http://loinc.org|&_summary=count",
+        "Observation?code=|69548-6&_summary=count",
+        "Observation?code:text=genetic variant&_summary=count",
+        "Observation?code:not=http://loinc.org|69548-6&_count=100",
+        "Observation?code:missing=true&_count=100",
+        "Observation?combo-code=69548-6&_summary=count",
+        "Observation?code=69548-6&subject=Patient/p2",
+        f"Observation?chromosome={ref_seq}",
+        f"Observation?chromosome=http://www.ncbi.nlm.nih.gov/refseq|{ref_seq}&subject=Patient/p1",
+        f"Observation?chromosome:not={ref_seq}&code=69548-6",
+        "Observation?chromosome:missing=false&_summary=count",
+        "Observation?chromosome:missing=true&_count=100",
+        "Observation?code=69548-6&_sort=chromosome,_id&_count=100",
+        "Observation?code=69548-6&_sort=-chromosome,_id&_count=100",
+        "Observation?_sort=combo-code,_id&_count=100",
+        f"Patient?_has:Observation:subject:chromosome={ref_seq}",
+        "Patient?_has:Observation:subject:code=69548-6",
+        f"MolecularSequence?_has:Observation:derived-from:chromosome={ref_seq}",
     ]
 
 
@@ -131,7 +158,9 @@ def _paged(app: Any, query: str) -> tuple[list[str], list[str]]:
 def _write_out(app: Any) -> None:
     """The implied rows written as ordinary rows, the range rows unmarked."""
     with app.extensions["bigmed"].store.transaction() as tx:
-        tx.cur.execute(f"INSERT INTO idx_reference SELECT * FROM {ROWS} x")
+        for table in ("reference", "token"):
+            for source in index_sources(table, None, None)[1:]:
+                tx.cur.execute(f"INSERT INTO idx_{table} SELECT * FROM {source} x")
         tx.cur.execute("UPDATE variant_range SET implied = 0")
         tx.touched.update({"Observation", "MolecularSequence"})  # cached answers are stale
 
@@ -155,10 +184,20 @@ def test_every_reader_answers_as_with_the_rows_written(loaded: Any) -> None:
     pages = _paged(loaded, paged)
     assert len(pages[0]) == len(implied) + len(written) + 1  # and o-extra
     assert pages[1] == pages[0][: len(pages[1])] and len(pages[1]) == len(pages[0]) - 1  # all but the last page
+    # pages driven by token rows, the same after the reference rows are written out
+    driven = {
+        query: _paged(loaded, query)
+        for query in (
+            "Observation?code=http://loinc.org|69548-6&_count=2",
+            f"Observation?chromosome={_ref_seq(loaded)}&_count=1",
+        )
+    }
+    assert all(len(found) >= 2 for found, _ in driven.values()), driven
     _write_out(loaded)
     assert store.query(sql, (implied[0],)) == [(1,)]
     assert _answers(loaded, queries) == before
     assert _paged(loaded, paged) == pages
+    assert {query: _paged(loaded, query) for query in driven} == driven
     answers = {query: rest for query, *rest in before}
     # and the answers are the expected ones, not merely equal
     x = implied[0]
@@ -174,6 +213,18 @@ def test_every_reader_answers_as_with_the_rows_written(loaded: Any) -> None:
     assert {f"MolecularSequence/{i}" for i in implied} <= set(included)
     revincluded = answers[f"MolecularSequence?_id={x}&_revinclude=Observation:derived-from"][2]
     assert revincluded == sorted([f"Observation/{x}", "Observation/o-extra"])
+    variants = len(implied) + len(written)
+    for counted in (
+        "Observation?code=69548-6&_summary=count",
+        "Observation?code:text=genetic variant&_summary=count",
+        "Observation?combo-code=69548-6&_summary=count",
+        "Observation?chromosome:missing=false&_summary=count",
+    ):
+        assert answers[counted][0] == variants, counted
+    assert answers["Observation?code=|69548-6&_summary=count"][0] == 0  # the rows have a system
+    assert answers["Patient?_has:Observation:subject:code=69548-6"][1] == ["Patient/p1", "Patient/p2"]
+    not_variants = answers["Observation?code:not=http://loinc.org|69548-6&_count=100"][1]
+    assert "Observation/o-extra" in not_variants and not {f"Observation/{i}" for i in implied} & set(not_variants)
     ordered = answers["Observation?code=http://loinc.org|69548-6&_sort=derived-from&_count=100"][1]
     assert ordered == sorted(ordered, key=lambda ref: ref.split("/")[1]) and len(ordered) == len(implied) + 2
 
