@@ -52,6 +52,7 @@ __all__ = [
     "SRC",
     "TARGET",
     "any_exists",
+    "compound",
     "each_source",
     "index_sources",
     "union_all",
@@ -110,9 +111,15 @@ def each_source(sources: Sequence[str], arm: str, params: Sequence[Any]) -> list
     return [(arm.replace(SRC, s), list(params)) for s in sources]
 
 
-def union_all(arms: Sequence[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+def compound(arms: Sequence[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
     """The arms (:func:`each_source`) as one ``UNION ALL`` compound, with their params."""
     return " UNION ALL ".join(sql for sql, _ in arms), [x for _, ps in arms for x in ps]
+
+
+def union_all(sources: Sequence[str], arm: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
+    """``arm`` (SQL reading ``{src}``) over each source as one ``UNION ALL`` compound, its params
+    once per arm."""
+    return compound(each_source(sources, arm, params))
 
 
 def any_exists(sources: Sequence[str], arm: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
@@ -120,5 +127,5 @@ def any_exists(sources: Sequence[str], arm: str, params: Sequence[Any]) -> tuple
     one ``EXISTS`` of the arms' ``UNION ALL``, its params once per arm. (PostgreSQL would turn each
     of ``EXISTS (…) OR EXISTS (…)`` into a hashed subplan reading every implied row first; with
     the correlation inside each arm of one subquery, it probes each arm's index per candidate.)"""
-    sql, args = union_all(each_source(sources, arm, params))
+    sql, args = union_all(sources, arm, params)
     return f"EXISTS ({sql})", args

@@ -92,7 +92,7 @@ from server.errors import BadRequest, Issue
 from server.search.compartments import SELF, Compartment
 from server.search.extract import composite_sources, normalize_string
 from server.search.extract import date_range as extracted_date_range
-from server.search.implied import any_exists, each_source, index_sources, union_all
+from server.search.implied import any_exists, compound, each_source, index_sources, union_all
 from server.search.registry import Registry, SearchParam
 
 __all__ = [
@@ -643,7 +643,7 @@ class _Parser:
         # rows may also be implied by the range index (server.search.implied): an arm each
         froms = index_sources(table, types, code)
         arms = each_source(froms, f"SELECT rid FROM {{src}} i WHERE param = ?{narrow}{scope} AND ({cond})", args)
-        sub, args = union_all(arms)
+        sub, args = compound(arms)
         exists, probe_args = any_exists(
             index_sources(table, types, code, by_rid=True),
             f"SELECT 1 FROM {{src}} i WHERE rid = {a}.rid AND param = ?{narrow} AND ({cond})",
@@ -726,11 +726,9 @@ class _Parser:
         code, narrow, narrow_args = self.reference_rows(types, sp)
         froms = index_sources(sp.type, types, code)
         sub, params = union_all(
-            each_source(
-                froms,
-                f"SELECT rid FROM {{src}} i WHERE param = ?{narrow}{scope}",
-                [code, *narrow_args, *scope_params],
-            )
+            froms,
+            f"SELECT rid FROM {{src}} i WHERE param = ?{narrow}{scope}",
+            [code, *narrow_args, *scope_params],
         )
         if sp.type == "reference":  # a reference given only by identifier has a token row
             sub += f" UNION ALL SELECT rid FROM idx_token WHERE param = ?{scope}"
@@ -815,11 +813,9 @@ class _Parser:
                 raise _Unsupported
             code, narrow, narrow_args = self.reference_rows(group_types, sp, f"{x}.")
             sub, sub_params = union_all(
-                each_source(
-                    index_sources("reference", group_types, code),
-                    f"SELECT {x}.rid FROM {{src}} {x} WHERE {x}.param = ?{narrow}{scope} AND ({' OR '.join(t_parts)})",
-                    [code, *narrow_args, *scope_params, *t_params],
-                )
+                index_sources("reference", group_types, code),
+                f"SELECT {x}.rid FROM {{src}} {x} WHERE {x}.param = ?{narrow}{scope} AND ({' OR '.join(t_parts)})",
+                [code, *narrow_args, *scope_params, *t_params],
             )
             ors.append(f"{a}.rid IN ({sub})")
             out_params += sub_params
@@ -845,25 +841,21 @@ class _Parser:
         code, narrow, narrow_args = self.reference_rows((source,), ref, f"{x}.")
         if types is not None and len(types) == 1:
             sql, params = union_all(
-                each_source(
-                    index_sources("reference", (source,), code, types[0]),
-                    (
-                        f"SELECT {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} AND {x}.res_type = ? "
-                        f"AND {x}.target_type = ? AND {sources}"
-                    ),
-                    [code, *narrow_args, source, types[0], source, *inner.params],
-                )
+                index_sources("reference", (source,), code, types[0]),
+                (
+                    f"SELECT {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} AND {x}.res_type = ? "
+                    f"AND {x}.target_type = ? AND {sources}"
+                ),
+                [code, *narrow_args, source, types[0], source, *inner.params],
             )
             return Clause(f"{a}.res_id IN ({sql})", params)
         sql, params = union_all(
-            each_source(
-                index_sources("reference", (source,), code),
-                (
-                    f"SELECT {x}.target_type, {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} "
-                    f"AND {x}.res_type = ? AND {sources}"
-                ),
-                [code, *narrow_args, source, source, *inner.params],
-            )
+            index_sources("reference", (source,), code),
+            (
+                f"SELECT {x}.target_type, {x}.target_id FROM {{src}} {x} WHERE {x}.param = ?{narrow} "
+                f"AND {x}.res_type = ? AND {sources}"
+            ),
+            [code, *narrow_args, source, source, *inner.params],
         )
         return Clause(f"({a}.res_type, {a}.res_id) IN ({sql})", params)
 
@@ -908,11 +900,9 @@ class _Parser:
                     sql = f"(SELECT {agg}(s.{col}) FROM {froms[0]} s WHERE s.rid = r.rid AND {where})"
                 else:  # the key over the rows of every source
                     rows, args = union_all(
-                        each_source(
-                            froms,
-                            f"SELECT s.{col} AS k FROM {{src}} s WHERE s.rid = r.rid AND {where}",
-                            args,
-                        )
+                        froms,
+                        f"SELECT s.{col} AS k FROM {{src}} s WHERE s.rid = r.rid AND {where}",
+                        args,
                     )
                     sql = f"(SELECT {agg}(m.k) FROM ({rows}) m)"
                 keys.append(SortKey(name, desc, sql, tuple(args)))
@@ -1340,9 +1330,7 @@ def include_sql(spec: IncludeSpec, source_rids: Sequence[int]) -> tuple[str, lis
     if len(froms) == 1:
         refs = "idx_reference x"
     else:  # some rows may be implied by the range index (server.search.implied)
-        arms, params = union_all(
-            each_source(froms, f"SELECT x.target_type, x.target_id FROM {{src}} x WHERE {where}", params)
-        )
+        arms, params = union_all(froms, f"SELECT x.target_type, x.target_id FROM {{src}} x WHERE {where}", params)
         where = "1 = 1"
         refs = f"({arms}) x"
     sql = (
@@ -1365,25 +1353,26 @@ def revinclude_sql(
     (:func:`_reference_codes`).
     """
     ids = list(target_ids)
-    arms: list[str] = []
-    params: list[Any] = list(ids)
+    arms: list[tuple[str, list[Any]]] = []
     sources = [spec.source] if spec.source is not None else sorted(registry.resource_types())
     for source in sources if ids else ():
         codes = _reference_codes(registry, source) if spec.param is None else [spec.param]
-        for src in index_sources("reference", (source,), spec.param, target_type) if codes else ():
-            arms.append(
-                f"SELECT x.rid FROM {src} x WHERE x.param IN ({', '.join('?' for _ in codes)}) "
-                "AND x.res_type = ? AND x.target_id IN (SELECT id FROM ids) AND x.target_type = ?"
+        if codes:
+            arms += each_source(
+                index_sources("reference", (source,), spec.param, target_type),
+                f"SELECT x.rid FROM {{src}} x WHERE x.param IN ({', '.join('?' for _ in codes)}) "
+                "AND x.res_type = ? AND x.target_id IN (SELECT id FROM ids) AND x.target_type = ?",
+                [*codes, source, target_type],
             )
-            params += [*codes, source, target_type]
     if not arms:  # no ids, or no reference parameter
         return "SELECT rid, res_type, res_id FROM resources WHERE 1 = 0", []
+    rows, params = compound(arms)
     values = ", ".join("(?)" for _ in ids)
     sql = (
         f"WITH ids (id) AS (VALUES {values}) SELECT DISTINCT t.rid, t.res_type, t.res_id FROM "
-        f"({' UNION ALL '.join(arms)}) x JOIN resources t ON t.rid = x.rid WHERE t.deleted = 0"
+        f"({rows}) x JOIN resources t ON t.rid = x.rid WHERE t.deleted = 0"
     )
-    return sql, params
+    return sql, [*ids, *params]
 
 
 def _reference_codes(registry: Registry, resource_type: str) -> list[str]:

@@ -111,8 +111,8 @@ SCHEMA_VERSION = 5
 #: from an older version drops them before the indexes are created (``CREATE INDEX IF NOT EXISTS``
 #: keeps an index of that name as it is). 2: ``idx_token_value`` puts ``rid`` before ``system``. (3
 #: changed no index: PostgreSQL's ``history.content`` became BYTEA, see
-#: ``PostgresStore._content_to_bytea``.) 4: ``idx_reference_target`` removed (module docstring). (5 changed no index:
-#: ``variant_range.implied`` was added.)
+#: ``PostgresStore._content_to_bytea``.) 4: ``idx_reference_target`` removed (module docstring).
+#: (5 changed no index: ``variant_range.implied`` was added, see ``ADDED_COLUMNS``.)
 REBUILT_INDEXES: dict[int, tuple[str, ...]] = {2: ("idx_token_value",), 4: ("idx_reference_target",)}
 
 _TYPES = {
