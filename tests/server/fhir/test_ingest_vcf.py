@@ -408,10 +408,21 @@ def test_fast_index_rows_equal_the_search_registrys(app: Any, path: Path) -> Non
         expected = extractor_for(type_, lean if type_ in ingest.INDEXED else ctx.registry)(resource)
         for rows in (indexer(resource, facts), indexer(resource)):
             assert _rows_by_table(rows) == _rows_by_table(expected), (type_, resource["id"])
-        # and as a batch takes them: (table, rows) of the tables with rows, but for a sequence variant's
-        # Observation (its facts were checked just above) its derived-from row, which its range row implies
-        pairs, implied = indexer.tables(resource, facts)
-        tables = {table: sorted(map(repr, rows)) for table, rows in pairs}
+        if type_ == "Observation":
+            assert indexer.ranges(resource, facts) == ranges_of(resource), resource["id"]
+        # and as a batch takes them: (table, rows) of the tables with rows; a sequence variant's (its
+        # facts were checked just above) made of the facts alone, as the writer makes them, with an
+        # Observation's range row, which stands for its derived-from row (server.search.implied)
+        implied, range_row = 0, None
+        if facts is None:
+            pairs = indexer.tables(resource, facts)
+        else:
+            assert indexer.checked(type_)
+            pairs, range_row = indexer.fact_tables(type_, resource["id"], resource.get("code"), facts)
+        tables = {table: sorted(map(repr, rows)) for table, rows in pairs if rows}
+        if range_row is not None:
+            implied = range_row[-1]
+            assert [(*range_row[:-1], 0)] == ranges_of(resource), resource["id"]
         if implied:  # the rows its range row implies (server.search.implied), put back
             assert implied == DERIVED_FROM
             row = ("derived-from", "MolecularSequence", resource["id"], f"MolecularSequence/{resource['id']}")
@@ -420,8 +431,6 @@ def test_fast_index_rows_equal_the_search_registrys(app: Any, path: Path) -> Non
         assert bool(implied) == (facts is not None and type_ == "Observation")
         kinds["implied"] += bool(implied)
         assert tables == {t: rows for t, rows in _rows_by_table(expected).items() if rows}, resource["id"]
-        if type_ == "Observation":
-            assert indexer.ranges(resource, facts) == ranges_of(resource), resource["id"]
         kinds[type_] += 1
         kinds["facts"] += facts is not None
     assert indexer.fast and indexer.facts
@@ -431,6 +440,102 @@ def test_fast_index_rows_equal_the_search_registrys(app: Any, path: Path) -> Non
     # every parameter of INDEXED is defined by the registry (a rename would silently drop rows)
     for type_, codes in ingest.INDEXED.items():
         assert set(lean.params_for(type_)) >= codes, type_
+
+
+@pytest.mark.parametrize("slow", ["writer", "mapping"])
+def test_the_rows_of_facts_are_made_where_a_process_would_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: str
+) -> None:
+    """With a mapping process, a batch's rows of its sequence variants are made by the writer when
+    it has written every batch before (it would wait), else by the mapping process; the tables are
+    those of an ingestion in one process either way."""
+    monkeypatch.setattr(ingest, "BATCH", 64)
+    monkeypatch.setattr(ingest.time, "time", lambda: 1_700_000_000.0)  # one lastUpdated for both
+    apps = [make_app(f"sqlite:///{tmp_path}/{name}.sqlite") for name in ("one", "two")]
+    made_by_writer: list[int] = []  # per batch, of the rows the writer made: the facts it got
+    real_rows, real_write, real_prepare = ingest._with_fact_rows, ingest._write_batch, ingest._prepare_all
+
+    def with_fact_rows(batch: Any, indexer: Any) -> Any:
+        if os.getpid() == parent:
+            made_by_writer.append(len(batch.facts))
+        return real_rows(batch, indexer)
+
+    def slow_write(*args: Any) -> Any:
+        time.sleep(0.02)
+        return real_write(*args)
+
+    def slow_prepare(*args: Any) -> Any:
+        for batch in real_prepare(*args):
+            time.sleep(0.02)
+            yield batch
+
+    parent = os.getpid()
+    monkeypatch.setattr(ingest, "_with_fact_rows", with_fact_rows)
+    try:
+        tables = []
+        for workers, app in zip((0, 1), apps, strict=True):
+            if workers:
+                made_by_writer.clear()
+                if slow == "writer":
+                    monkeypatch.setattr(ingest, "_write_batch", slow_write)
+                else:
+                    monkeypatch.setattr(ingest, "_prepare_all", slow_prepare)
+            ctx = _ctx(app)
+            _patient(ctx)
+            assert ingest.ingest_vcf(ctx, shared(HG00404), "p1", workers=workers).created > 3000
+            tables.append(_tables(ctx))
+        assert tables[0] == tables[1]
+        batches = len(made_by_writer)
+        assert batches > 20
+        with_facts = sum(1 for n in made_by_writer if n)
+        if slow == "writer":  # the mapping process made them (but of the first batch: the writer waits)
+            assert with_facts <= 2
+        else:
+            assert with_facts >= batches - 3
+    finally:
+        for app in apps:
+            app.extensions["bigmed"].store.close()
+
+
+def test_the_writer_makes_the_rows_of_checked_variants_from_their_facts(app: Any) -> None:
+    """A batch carries the facts of its sequence variants checked before it, not their rows; the
+    rows the writer makes of them (numbered by resource, with an indexer that checked nothing) are
+    each resource's rows as the registry's extractor gives them, and its range row."""
+    ctx = _ctx(app)
+    lean = ingest.ingest_registry(ctx.registry)
+    batches = list(ingest._prepare_all(map_vcf(shared(HG00404), "p1"), ingest.Indexer(ctx.registry), 1.0))
+    first = batches[0].keys[:2]
+    assert [t for t, _ in first] == ["MolecularSequence", "Observation"]
+    assert all(k > 1 for k, *_ in batches[0].facts)  # the first variant's rows are checked, then made
+    writer = ingest.Indexer(ctx.registry)
+    # an Observation derived from a MolecularSequence of another id keeps its derived-from row
+    _, _, id_, code, facts = next(entry for entry in batches[1].facts if entry[1] == "Observation")
+    pairs, range_row = writer.fact_tables("Observation", id_, code, facts._replace(sequence="MolecularSequence/other"))
+    assert range_row is not None and range_row[-1] == 0
+    assert ("derived-from", "MolecularSequence", "other", "MolecularSequence/other") in dict(pairs)["reference"]
+    kinds: Counter[str] = Counter()
+    for prepared in batches:
+        deferred = {k for k, *_ in prepared.facts}
+        batch = ingest._with_fact_rows(prepared, writer)
+        assert not batch.facts
+        ranges = batch.derived["variant_range"]
+        for k, (type_, _) in enumerate(batch.keys):
+            resource = jsonio.loads(batch.served(k))
+            expected = extractor_for(type_, lean if type_ in ingest.INDEXED else ctx.registry)(resource)
+            if type_ == "DiagnosticReport":
+                continue
+            rows = {t: sorted(repr(r[2:]) for r in batch.index[t] if r[0] == k) for t in INDEX_TABLES}
+            own = [r[1:] for r in ranges if r[0] == k]
+            if own and own[0][-1] & DERIVED_FROM:  # the row its range row stands for, put back
+                row = ("derived-from", "MolecularSequence", resource["id"], f"MolecularSequence/{resource['id']}")
+                assert resource["derivedFrom"] == [{"reference": row[3]}]
+                rows["reference"] = sorted([*rows["reference"], repr(row)])
+            assert rows == _rows_by_table(expected), (k, type_)
+            assert [(*r[:-1], 0) for r in own] == (ranges_of(resource) if type_ == "Observation" else [])
+            kinds["from facts" if k in deferred else "inline"] += 1
+            kinds["implied"] += bool(own and own[0][-1])
+    assert kinds["from facts"] > 10 * kinds["inline"] > 0
+    assert kinds["implied"] == kinds["from facts"] // 2 > 0
 
 
 def test_batches_start_small_and_grow_to_batch(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
