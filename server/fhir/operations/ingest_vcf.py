@@ -763,7 +763,9 @@ def _batches(mapping: VcfMapping, indexer: Indexer, ts: float, workers: int) -> 
         for batch in _prepare_all(mapping, indexer, ts):
             yield _with_fact_rows(batch, indexer), mapping.report.records
         return
-    written = multiprocessing.get_context("fork").RawValue(ctypes.c_int64, 0)  # batches written, shared
+    # batches written, shared with the mapping process, which reads it without a lock: a stale
+    # count only changes which process makes a batch's rows of facts (_worker)
+    written = multiprocessing.get_context("fork").RawValue(ctypes.c_int64, 0)
     with Child(_worker, (mapping, indexer, ts, written), "vcf-map") as child:
         while True:
             message = child.recv("the VCF mapping process")
