@@ -666,7 +666,8 @@ def _fresh(ts: float) -> _Batch:
 
 def _prepare_all(mapping: VcfMapping, indexer: Indexer, ts: float) -> Iterator[_Batch]:
     """The mapper's resources stamped as version 1 at ``ts``, in batches of table rows (FreshBatch),
-    with the report's rows of each batch's Observations sent ahead (:class:`_Batch`)."""
+    with the report's rows of each batch's Observations sent ahead (:class:`_Batch`); the rows of
+    its checked sequence variants are left to :func:`_with_fact_rows` (:attr:`_Batch.facts`)."""
     batch = _fresh(ts)
     size = max(BATCH // 8, 1)  # the writer waits for the first batch: small ones first, then BATCH
     last_updated = instant(ts)
