@@ -913,8 +913,7 @@ class VcfMapping:
                     raise VcfError(path, line_no, f"cannot parse the record: {exc}") from exc
                 records_read += 1
                 report.records = records_read  # live: callers show progress with it
-                head = line.split("\t", 5)
-                contig, pos_text, id_text, ref, alt_text = head[0], head[1], head[2], head[3], head[4]
+                contig, pos_text, id_text, ref, alt_text, tail = line.split("\t", 5)  # the tabs were counted
                 # the two readers stay in step (checked at the end: same number of records and lines)
                 if not pos_text.isdigit() or pos_text[0] == "0":
                     raise VcfError(path, line_no, f"POS {pos_text!r} is not a position")
@@ -943,7 +942,7 @@ class VcfMapping:
                 if max(alleles) <= 0:
                     skipped["no_call" if min(alleles) < 0 else "hom_ref"] += 1
                     continue
-                rest = head[5].split("\t")
+                rest = tail.split("\t")
                 filters = rest[1]
                 if skip_filtered and filters not in _PASS:
                     skipped["filtered"] += 1
