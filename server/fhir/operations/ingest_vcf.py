@@ -507,12 +507,10 @@ class Indexer:
         Observation's range row, whose ``implied`` bits say which rows it stands for and are left
         out (:mod:`server.search.implied`: the ``derived-from`` row to the MolecularSequence of
         its own id, as the mapper makes them)."""
-        if type_ != SOURCE:
-            token, reference = self._fact_rows(type_, code, facts)
-            return (("token", token), ("reference", reference)), None
-        implied = DERIVED_FROM if facts.sequence == f"{TARGET}/{id_}" else 0
+        source = type_ == SOURCE
+        implied = DERIVED_FROM if source and facts.sequence == f"{TARGET}/{id_}" else 0
         token, reference = self._fact_rows(type_, code, facts, implied)
-        return (("token", token), ("reference", reference)), self._fact_range(facts, implied)
+        return (("token", token), ("reference", reference)), self._fact_range(facts, implied) if source else None
 
     @staticmethod
     def _fact_range(facts: VariantFacts, implied: int) -> RangeRow:
@@ -649,10 +647,11 @@ class _Batch(FreshBatch):
 
     The index and range rows of its :meth:`Indexer.checked` sequence variants (all but the first
     few of an ingestion) are not in :attr:`index` and :attr:`derived` yet: :attr:`facts` holds
-    ``(k, type, id, code, facts)`` for each, and the writer makes their rows
-    (:func:`_with_fact_rows`) before it writes the batch. The writer waited for the mapping
-    process about half of the time (HG00403A; a quarter on the exome), the rows are a tenth of
-    the mapping process's work, and the facts are smaller to send than the rows.
+    ``(k, type, id, code, facts)`` for each, and :func:`_with_fact_rows` makes their rows before
+    the batch is written: in the writer when it would wait for the mapping process, else in that
+    process (:func:`_worker`). SQLite's writer waited about half of the time (HG00403A; a quarter
+    on the exome), the rows are a tenth of the mapping process's work, and the facts are smaller
+    to send than the rows.
     """
 
     ahead: list[tuple[Any, ...]] = field(default_factory=list)
@@ -718,7 +717,7 @@ def _add_rows(batch: _Batch, k: int, type_: str, pairs: Iterable[tuple[str, Sequ
 
 
 def _with_fact_rows(batch: _Batch, indexer: Indexer) -> _Batch:
-    """``batch`` with the index and range rows of its :attr:`_Batch.facts` (in the writer)."""
+    """``batch`` with the index and range rows of its :attr:`_Batch.facts`, which it then no longer holds."""
     ranges = batch.derived[RANGE_TABLE]
     for k, type_, id_, code, facts in batch.facts:
         pairs, range_row = indexer.fact_tables(type_, id_, code, facts)
